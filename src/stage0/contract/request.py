@@ -1,0 +1,155 @@
+"""The ``POST /check`` request (CONTRACT section 1)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from stage0.contract.errors import RequestValidationError
+
+MAX_BODY_BYTES = 1_000_000
+MAX_LIST_ITEMS = 200
+MAX_ITEM_CHARS = 2_000
+MAX_GOAL_CHARS = 8_000
+
+ApprovalStatus = Literal["approved", "pending", "missing", "none", "rejected"]
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+Item = Annotated[str, Field(max_length=MAX_ITEM_CHARS)]
+ItemList = Annotated[list[Item], Field(max_length=MAX_LIST_ITEMS)]
+LongList = Annotated[list[Item], Field(max_length=10_000)]
+Timestamp = Annotated[datetime, Field(description="ISO-8601; a value without a zone is UTC")]
+
+
+class Context(BaseModel):
+    """Runtime facts about the action. Unknown keys are kept and visible to policies."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    actor_role: Item | None = None
+    actor_id: Item | None = None
+    environment: Item | None = None
+    approval_status: Annotated[ApprovalStatus | None, BeforeValidator(_lower)] = None
+    approved_by: Item | None = None
+    approved_at: Timestamp | None = None
+    approval_id: Item | None = None
+    ticket_id: Item | None = None
+    rollback_plan: StrictBool | Item | None = None
+    mfa_verified: StrictBool | None = None
+    mfa_verified_at: Timestamp | None = None
+    resource_scope: Item | None = None
+    target_resources: ItemList | Item | None = None
+    record_count: Annotated[int, Field(ge=0)] | None = None
+    request_channel: Item | None = None
+    run_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    current_iteration: Annotated[int, Field(ge=0)] | None = None
+    elapsed_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    current_tool: Item | None = None
+    recent_tools: LongList | None = None
+    cumulative_cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="Cost of this step; added to the run's cumulative cost in the run state",
+    )
+    active_mcp_servers: ItemList | None = None
+    tenant_id: Item | None = None
+    target_tenants: ItemList | None = None
+
+    @field_validator("approved_at", "mfa_verified_at", mode="after")
+    @classmethod
+    def _zone(cls, value: datetime | None) -> datetime | None:
+        return _as_utc(value)
+
+
+class CheckRequest(BaseModel):
+    """A proposed action, sent before it executes. Unknown top-level fields are kept, not used."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    goal: Annotated[str, Field(min_length=1, max_length=MAX_GOAL_CHARS)]
+    success_criteria: ItemList | None = None
+    constraints: ItemList | None = None
+    tools: ItemList | None = None
+    side_effects: ItemList | None = None
+    context: Context | None = None
+    pro: StrictBool | None = None
+    policy_pack_version: Item | None = None
+    environment: Item | None = None
+    arguments: dict[str, Any] | None = None
+
+    @field_validator("goal", mode="after")
+    @classmethod
+    def _goal_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain a non-blank sentence")
+        return value
+
+    @model_validator(mode="after")
+    def _environment_alias(self) -> CheckRequest:
+        ctx_env = self.context.environment if self.context is not None else None
+        if (
+            self.environment is not None
+            and ctx_env is not None
+            and self.environment.strip().lower() != ctx_env.strip().lower()
+        ):
+            raise ValueError(
+                f"`environment` ({self.environment!r}) contradicts `context.environment` "
+                f"({ctx_env!r}); send one, or the same value in both"
+            )
+        return self
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        return sorted(self.model_extra or ())
+
+
+def parse_request(body: bytes | str | dict[str, Any]) -> CheckRequest:
+    """Validate a request body (bytes, text or an already-parsed mapping).
+
+    Raises :class:`RequestValidationError` naming every bad field.
+    """
+    try:
+        if isinstance(body, bytes | str):
+            raw = body.encode() if isinstance(body, str) else body
+            if len(raw) > MAX_BODY_BYTES:
+                raise RequestValidationError.single(
+                    "(body)", f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}", "too_large"
+                )
+            return CheckRequest.model_validate_json(raw)
+        if not isinstance(body, dict):
+            raise RequestValidationError.single(
+                "(body)", "the request must be a JSON object", "model_type"
+            )
+        # One path for every surface: a mapping is encoded and validated as JSON, so that
+        # timestamps, strictness and the size limit behave exactly as they do over HTTP.
+        return parse_request(orjson.dumps(body))
+    except ValidationError as exc:
+        raise RequestValidationError.from_pydantic(exc) from None
+    except orjson.JSONEncodeError as exc:
+        raise RequestValidationError.single("(body)", f"not encodable as JSON: {exc}") from None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

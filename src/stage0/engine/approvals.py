@@ -1,0 +1,140 @@
+"""Approval evidence (CONTRACT section 6): caller-asserted status or a server-side approval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from stage0.engine.findings import Findings
+from stage0.policy.compiled import CompiledPolicy
+
+ApprovalState = Literal["pending", "approved", "rejected", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalEvidence:
+    """A server-side approval as the approvals store reports it."""
+
+    approval_id: str
+    status: ApprovalState
+    action_digest: str
+    expires_at: datetime | None = None
+    execute_by: datetime | None = None
+    approvers: tuple[str, ...] = ()
+
+
+class ApprovalResolver(Protocol):
+    """Looks up ``context.approval_id`` for a tenant; ``None`` when there is no such approval."""
+
+    def resolve(self, tenant: str, approval_id: str) -> ApprovalEvidence | None: ...
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def check_approval(
+    out: Findings,
+    policy: CompiledPolicy,
+    *,
+    required: bool,
+    verified_only: bool,
+    sources: list[str],
+    status: str | None,
+    approval_id: str | None,
+    approved_at: datetime | None,
+    at: datetime,
+    tenant: str,
+    digest: str,
+    resolver: ApprovalResolver | None,
+) -> None:
+    check: dict[str, object] = {
+        "required": required,
+        "satisfied": not required,
+        "verified": False,
+        "evidence": "verified" if verified_only else "any",
+        "required_by": sources,
+        "status": status,
+        "approval_id": approval_id,
+    }
+    out.checks["approval"] = check
+    if status == "rejected":
+        out.add("APPROVAL_REJECTED", "The caller reports `approval_status: rejected` for this action")
+        return
+    if not required:
+        return
+    if approval_id is not None:
+        _check_server_approval(out, check, approval_id, at, tenant, digest, resolver)
+        return
+    if status == "approved":
+        if verified_only:
+            out.add(
+                "APPROVAL_REQUIRED_PENDING",
+                "This action needs a server-side approval (`context.approval_id`); "
+                "a caller-written `approval_status` does not count",
+            )
+            return
+        if approved_at is not None:
+            age = (at - approved_at).total_seconds()
+            if age > policy.approval_max_age:
+                out.add(
+                    "APPROVAL_EXPIRED",
+                    f"The approval of {_iso(approved_at)} is older than the policy's maximum "
+                    f"age of {policy.approval_max_age / 3600:g} h",
+                )
+                return
+            if -age > policy.approval_future_skew:
+                out.add(
+                    "APPROVAL_EXPIRED",
+                    f"`approved_at` ({_iso(approved_at)}) is in the future",
+                )
+                return
+        check["satisfied"] = True
+        return
+    shown = status if status is not None else "absent"
+    out.add(
+        "APPROVAL_REQUIRED_PENDING",
+        f"Approval is required by {', '.join(sources)} and `approval_status` is {shown}",
+    )
+
+
+def _check_server_approval(
+    out: Findings,
+    check: dict[str, object],
+    approval_id: str,
+    at: datetime,
+    tenant: str,
+    digest: str,
+    resolver: ApprovalResolver | None,
+) -> None:
+    evidence = resolver.resolve(tenant, approval_id) if resolver is not None else None
+    if evidence is None:
+        out.add(
+            "APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is not known to this server"
+        )
+        return
+    if evidence.status == "rejected":
+        out.add("APPROVAL_REJECTED", f"Approval `{approval_id}` was rejected")
+        return
+    if evidence.action_digest != digest:
+        out.add(
+            "APPROVAL_SCOPE_MISMATCH",
+            f"Approval `{approval_id}` was granted for a different action "
+            "(its action digest differs from this request's)",
+        )
+        return
+    expired = evidence.status == "expired" or (
+        evidence.expires_at is not None and at >= evidence.expires_at
+    )
+    if evidence.status == "approved" and evidence.execute_by is not None:
+        expired = expired or at > evidence.execute_by
+    if expired:
+        out.add("APPROVAL_EXPIRED", f"Approval `{approval_id}` has expired")
+        return
+    if evidence.status != "approved":
+        out.add("APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is still pending")
+        return
+    check["satisfied"] = True
+    check["verified"] = True
+    check["approvers"] = list(evidence.approvers)

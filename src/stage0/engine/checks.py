@@ -1,0 +1,318 @@
+"""The built-in checks of the default pack and the constraint table (CONTRACT sections 4-5).
+
+Each check reads the request's facts and the combined requirements, and writes issues and its
+``guardrail_checks`` family to the findings. None of them raises for a request-level problem.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from stage0.engine.constraints import Guardrails
+from stage0.engine.facts import Facts
+from stage0.engine.findings import Findings
+from stage0.policy.compiled import CompiledPolicy
+from stage0.policy.matching import glob_match, normalize_name
+
+_WORDS = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """Operator baseline (matched buckets) merged with the caller's guardrails."""
+
+    approval: bool
+    approval_sources: list[str]
+    verified_only: bool
+    environment_required: bool
+    rollback: bool
+    rollback_sources: list[str]
+    mfa: bool
+    ticket: bool
+
+
+def requirements(f: Facts, g: Guardrails, policy: CompiledPolicy) -> Requirements:
+    approval_sources = ["constraint"] if g.require_approval else []
+    rollback_sources = ["constraint"] if g.rollback else []
+    verified = env_required = mfa = ticket = False
+    for name in f.buckets:
+        b = policy.bucket(name)
+        if b.approval:
+            approval_sources.append(f"bucket `{name}`")
+            verified = verified or b.approval_evidence == "verified"
+        env_required = env_required or b.environment
+        if b.rollback_plan == "always" or (b.rollback_plan == "production" and f.is_production):
+            rollback_sources.append(f"bucket `{name}`")
+        mfa = mfa or b.mfa
+        ticket = ticket or b.ticket
+    return Requirements(
+        approval=bool(approval_sources),
+        approval_sources=approval_sources,
+        verified_only=verified,
+        environment_required=env_required,
+        rollback=bool(rollback_sources),
+        rollback_sources=rollback_sources,
+        mfa=mfa or g.mfa,
+        ticket=ticket or g.ticket,
+    )
+
+
+def check_constraints_valid(out: Findings, g: Guardrails) -> None:
+    for bad in g.invalid:
+        out.add("CONSTRAINT_INVALID", f"Constraint `{bad.raw}`: {bad.problem}")
+    out.checks["unrecognized_constraints"] = list(g.unrecognized)
+
+
+def check_side_effects(out: Findings, f: Facts, g: Guardrails, constraints_empty: bool) -> None:
+    if f.write_effects and not g.any_recognized:
+        out.add("SIDE_EFFECTS_NEED_GUARDRAILS")
+    if f.side_effects and constraints_empty:
+        out.clarifying.append("What hard constraints must never be violated?")
+    if g.read_only and f.write_effects:
+        out.add(
+            "CONSTRAINT_CONFLICT",
+            "The request is marked read-only but declares write-class side effects: "
+            + ", ".join(f"`{e}`" for e in f.write_effects),
+        )
+
+
+def check_sensitive_tools(out: Findings, f: Facts, g: Guardrails) -> None:
+    if f.sensitive_tools and not g.clears_sensitive:
+        out.add("SENSITIVE_TOOLS_NEED_CONSTRAINTS")
+    if f.sensitive_tools:
+        out.checks["sensitive_tools"] = {
+            "tools": list(f.sensitive_tools),
+            "constrained": g.clears_sensitive,
+        }
+
+
+def check_role(out: Findings, f: Facts, g: Guardrails) -> None:
+    if g.roles is None:
+        return
+    role = f.context.actor_role
+    satisfied = False
+    if not role:
+        out.add("ACTOR_ROLE_MISSING")
+    elif normalize_name(role) not in g.roles:
+        out.add(
+            "ROLE_NOT_AUTHORIZED",
+            f"Role `{role}` is not one of " + ", ".join(f"`{r}`" for r in sorted(g.roles)),
+        )
+    else:
+        satisfied = True
+    out.checks["role"] = {
+        "required": sorted(g.roles),
+        "actor_role": role,
+        "satisfied": satisfied,
+    }
+
+
+def _canonical_env(name: str, policy: CompiledPolicy) -> str:
+    return "production" if name in policy.production_environments else name
+
+
+def check_environment(
+    out: Findings, f: Facts, g: Guardrails, req: Requirements, policy: CompiledPolicy
+) -> None:
+    satisfied = True
+    allowed = g.environments
+    if allowed is not None or req.environment_required:
+        if f.environment_key is None:
+            satisfied = False
+            out.add("ENVIRONMENT_UNSPECIFIED")
+        elif allowed is not None:
+            canonical_allowed = {_canonical_env(a, policy) for a in allowed}
+            if _canonical_env(f.environment_key, policy) not in canonical_allowed:
+                satisfied = False
+                out.add(
+                    "ENVIRONMENT_NOT_ALLOWED",
+                    f"Environment `{f.environment}` is not one of "
+                    + ", ".join(f"`{e}`" for e in sorted(allowed)),
+                )
+    out.checks["environment"] = {
+        "required": allowed is not None or req.environment_required,
+        "allowed": sorted(allowed) if allowed is not None else None,
+        "value": f.environment,
+        "production": f.is_production,
+        "satisfied": satisfied,
+    }
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def check_change_windows(out: Findings, f: Facts, g: Guardrails, policy: CompiledPolicy) -> None:
+    if not g.windows:
+        return
+    results = []
+    for name in g.windows:
+        window = policy.windows.get(name)
+        if window is None:
+            out.add(
+                "POLICY_EVALUATION_FAILED",
+                f"Change window `{name}` is not defined in policy `{policy.policy_version}`",
+            )
+            results.append({"name": name, "defined": False, "open": False})
+            continue
+        if window.contains(f.at):
+            results.append({"name": name, "open": True, "schedule": window.describe()})
+            continue
+        opens = _iso(window.next_open(f.at))
+        out.add(
+            "OUTSIDE_CHANGE_WINDOW",
+            f"{_iso(f.at)} is outside change window `{name}` ({window.describe()}); "
+            f"it next opens at {opens}",
+        )
+        results.append(
+            {"name": name, "open": False, "schedule": window.describe(), "next_open": opens}
+        )
+    out.checks["change_window"] = {
+        "required": True,
+        "satisfied": all(r["open"] for r in results),
+        "windows": results,
+    }
+
+
+def _truthy_plan(value: bool | str | None) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip()) and value.strip().lower() not in ("false", "no", "none")
+    return value is True
+
+
+def check_rollback(out: Findings, f: Facts, req: Requirements) -> None:
+    if not req.rollback:
+        return
+    plan = f.context.rollback_plan
+    satisfied = _truthy_plan(plan)
+    if not satisfied:
+        out.add(
+            "ROLLBACK_PLAN_MISSING",
+            "A rollback plan is required by "
+            + ", ".join(req.rollback_sources)
+            + " but `context.rollback_plan` is "
+            + ("absent" if plan is None else f"`{plan}`"),
+        )
+    out.checks["rollback"] = {
+        "required": True,
+        "required_by": req.rollback_sources,
+        "satisfied": satisfied,
+    }
+
+
+def check_mfa(out: Findings, f: Facts, req: Requirements, policy: CompiledPolicy) -> None:
+    if not req.mfa:
+        return
+    ctx = f.context
+    satisfied = ctx.mfa_verified is True
+    if not satisfied:
+        out.add("MFA_REQUIRED")
+    elif ctx.mfa_verified_at is not None:
+        age = (f.at - ctx.mfa_verified_at).total_seconds()
+        if age > policy.mfa_max_age or -age > policy.approval_future_skew:
+            satisfied = False
+            out.add(
+                "MFA_REQUIRED",
+                f"The MFA verification of {_iso(ctx.mfa_verified_at)} is stale or in the future",
+            )
+    out.checks["mfa"] = {"required": True, "satisfied": satisfied}
+
+
+def check_ticket(out: Findings, f: Facts, req: Requirements) -> None:
+    if not req.ticket:
+        return
+    satisfied = bool(f.context.ticket_id and f.context.ticket_id.strip())
+    if not satisfied:
+        out.add("TICKET_REQUIRED")
+    out.checks["ticket"] = {
+        "required": True,
+        "ticket_id": f.context.ticket_id,
+        "satisfied": satisfied,
+    }
+
+
+def check_records(out: Findings, f: Facts, g: Guardrails) -> None:
+    if g.max_records is None:
+        return
+    count = f.context.record_count
+    satisfied = count is None or count <= g.max_records
+    if not satisfied:
+        out.add(
+            "RECORD_LIMIT_EXCEEDED",
+            f"`record_count` {count} exceeds `max_records: {g.max_records}`",
+        )
+    out.checks["records"] = {
+        "max_records": g.max_records,
+        "record_count": count,
+        "satisfied": satisfied,
+    }
+
+
+def check_resource_scope(out: Findings, f: Facts, g: Guardrails) -> None:
+    if not g.scopes:
+        return
+    ctx = f.context
+    scope = ctx.resource_scope
+    targets = [ctx.target_resources] if isinstance(ctx.target_resources, str) else list(
+        ctx.target_resources or ()
+    )
+    satisfied = False
+    if not scope:
+        out.add("RESOURCE_SCOPE_MISSING")
+    else:
+        outside = [
+            value
+            for value in [scope, *targets]
+            if not all(glob_match(pattern, value) for pattern in g.scopes)
+        ]
+        if outside:
+            out.add(
+                "RESOURCE_SCOPE_VIOLATION",
+                ", ".join(f"`{v}`" for v in outside)
+                + " outside the allowed scope "
+                + ", ".join(f"`{s}`" for s in g.scopes),
+            )
+        else:
+            satisfied = True
+    out.checks["resource_scope"] = {
+        "allowed": list(g.scopes),
+        "value": scope,
+        "satisfied": satisfied,
+    }
+
+
+def check_mcp_servers(out: Findings, f: Facts, g: Guardrails) -> None:
+    if g.mcp_servers is None:
+        return
+    active = [normalize_name(s) for s in f.context.active_mcp_servers or ()]
+    extra = [s for s in active if s not in g.mcp_servers]
+    if extra:
+        out.add(
+            "MCP_SERVER_NOT_ALLOWED",
+            "Active MCP servers not in the allowlist: " + ", ".join(f"`{s}`" for s in extra),
+        )
+    out.checks["mcp"] = {
+        "allowed": sorted(g.mcp_servers),
+        "active": active,
+        "satisfied": not extra,
+    }
+
+
+def check_task_clarity(out: Findings, f: Facts, policy: CompiledPolicy) -> None:
+    request = f.request
+    if not request.success_criteria:
+        out.add("MISSING_SUCCESS_CRITERIA")
+    words = _WORDS.findall(request.goal.lower())
+    problems = []
+    if len(words) < policy.min_goal_words:
+        problems.append(
+            f"the goal has {len(words)} word(s); at least {policy.min_goal_words} expected"
+        )
+    if not any(w in policy.action_verbs for w in words):
+        problems.append("the goal names no concrete action")
+    if problems:
+        out.value_findings.extend(problems)
+        out.add("UNCLEAR_VALUE_SIGNAL", "The goal is too vague: " + "; ".join(problems))
+        out.clarifying.append("What outcome makes this action worth taking?")

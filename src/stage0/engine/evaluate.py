@@ -1,0 +1,393 @@
+"""The engine: one request in, one decision out. ``evaluate()`` never raises for policy problems.
+
+Clock and id factory are injected (``stage0.testing`` has fixed ones), so the same inputs give
+byte-identical decisions. Anything that goes wrong inside evaluation becomes ``verdict: DENY``,
+``decision: ERROR`` with ``POLICY_EVALUATION_FAILED`` (CONTRACT section 3).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any
+
+import orjson
+
+from stage0.contract.codes import CODES, CodeSpec
+from stage0.contract.issues import Issue
+from stage0.contract.request import CheckRequest, parse_request
+from stage0.engine import checks
+from stage0.engine.approvals import ApprovalResolver, check_approval
+from stage0.engine.combine import combine
+from stage0.engine.constraints import ConstraintParser
+from stage0.engine.digest import action_digest, canonical_json, sha256_hex
+from stage0.engine.facts import Facts, derive_facts
+from stage0.engine.findings import Findings
+from stage0.engine.loops import check_loops
+from stage0.engine.runstate import RunState
+from stage0.policy.compiled import CompiledPolicy
+
+Clock = Callable[[], datetime]
+IdFactory = Callable[[], str]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def uuid4_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Decision:
+    """A decision: the response body (CONTRACT section 2) and typed accessors."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    @property
+    def verdict(self) -> str:
+        return str(self.body["verdict"])
+
+    @property
+    def decision(self) -> str:
+        return str(self.body["decision"])
+
+    @property
+    def request_id(self) -> str:
+        return str(self.body["request_id"])
+
+    @property
+    def issue_codes(self) -> list[str]:
+        return [i["code"] for i in self.body["issues"]]
+
+    def to_json(self, *, indent: bool = False) -> bytes:
+        return orjson.dumps(self.body, option=orjson.OPT_INDENT_2 if indent else 0)
+
+
+class Engine:
+    """Evaluates ``/check`` requests against one compiled policy.
+
+    Building an engine prepares the policy once (constraint parser and caches); evaluation
+    touches only that prepared state plus the injected run state and approval resolver.
+    """
+
+    def __init__(
+        self,
+        policy: CompiledPolicy | None,
+        *,
+        run_state: RunState | None = None,
+        approvals: ApprovalResolver | None = None,
+        clock: Clock = system_clock,
+        ids: IdFactory = uuid4_id,
+    ) -> None:
+        self.policy = policy
+        self.run_state = run_state
+        self.approvals = approvals
+        self._clock = clock
+        self._ids = ids
+        self._parser = ConstraintParser(policy) if policy is not None else None
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def check(
+        self,
+        body: bytes | str | dict[str, Any],
+        *,
+        at: datetime | None = None,
+        request_id: str | None = None,
+        tenant: str = "default",
+    ) -> Decision:
+        """Validate ``body`` and evaluate it.
+
+        Raises :class:`~stage0.contract.RequestValidationError` for a request that does not
+        match the contract; every other outcome is a decision.
+
+        ``input_sha256`` is the SHA-256 of the body bytes exactly as received; for a mapping,
+        of its RFC 8785 canonical JSON (which is what the SDK sends over the wire).
+        """
+        request = parse_request(body)
+        if isinstance(body, dict):
+            digest = sha256_hex(canonical_json(body))
+        else:
+            digest = sha256_hex(body.encode() if isinstance(body, str) else body)
+        return self.evaluate(
+            request, at=at, request_id=request_id, tenant=tenant, input_sha256=digest
+        )
+
+    def check_bytes(self, body: bytes, *, at: datetime | None = None) -> bytes:
+        """Request bytes to response bytes (what the HTTP layer and the benchmark do)."""
+        return self.check(body, at=at).to_json()
+
+    def evaluate(
+        self,
+        request: CheckRequest,
+        *,
+        at: datetime | None = None,
+        request_id: str | None = None,
+        tenant: str = "default",
+        input_sha256: str | None = None,
+    ) -> Decision:
+        """Decide a validated request. Never raises: failures are fail-closed decisions."""
+        started = perf_counter()
+        now = self._clock()
+        at = at if at is not None else now
+        rid = request_id or self._ids()
+        if input_sha256 is None:
+            input_sha256 = sha256_hex(
+                canonical_json(request.model_dump(mode="json", exclude_unset=True))
+            )
+        policy = self.policy
+        if policy is None or self._parser is None:
+            return self._failed(request, rid, now, at, input_sha256, "POLICY_NOT_LOADED", None)
+        try:
+            body = self._evaluate(request, policy, self._parser, rid, now, at, tenant, input_sha256)
+            elapsed = perf_counter() - started
+            if elapsed > policy.timeout_seconds:
+                return self._failed(
+                    request, rid, now, at, input_sha256, "POLICY_EVALUATION_FAILED",
+                    f"Policy evaluation took {elapsed * 1000:.1f} ms, over the pack's limit of "
+                    f"{policy.timeout_seconds * 1000:g} ms",
+                )
+            return Decision(body)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything, by contract
+            return self._failed(
+                request, rid, now, at, input_sha256, "POLICY_EVALUATION_FAILED",
+                f"Policy evaluation failed: {str(exc)[:300] or type(exc).__name__}",
+            )
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def _evaluate(
+        self,
+        request: CheckRequest,
+        policy: CompiledPolicy,
+        parser: ConstraintParser,
+        rid: str,
+        now: datetime,
+        at: datetime,
+        tenant: str,
+        input_sha256: str,
+    ) -> dict[str, Any]:
+        f = derive_facts(request, policy, at=at, tenant=tenant)
+        ctx = f.context
+        digest = action_digest(
+            tools=f.tools,
+            side_effects=f.side_effects,
+            arguments=request.arguments,
+            environment=f.environment,
+            resource_scope=ctx.resource_scope,
+            target_resources=ctx.target_resources,
+        )
+        out = Findings(f.pro)
+        pin = request.policy_pack_version
+        if pin is not None and pin.strip() not in (policy.policy_version, policy.version):
+            out.add(
+                "POLICY_VERSION_UNKNOWN",
+                f"Policy version `{pin}` is not available; this server has "
+                f"`{policy.policy_version}`",
+            )
+
+        constraints = request.constraints or []
+        g = parser.parse(constraints)
+        req = checks.requirements(f, g, policy)
+
+        checks.check_constraints_valid(out, g)
+        checks.check_side_effects(out, f, g, constraints_empty=not constraints)
+        checks.check_sensitive_tools(out, f, g)
+        check_approval(
+            out,
+            policy,
+            required=req.approval,
+            verified_only=req.verified_only,
+            sources=req.approval_sources,
+            status=ctx.approval_status,
+            approval_id=ctx.approval_id,
+            approved_at=ctx.approved_at,
+            at=at,
+            tenant=tenant,
+            digest=digest,
+            resolver=self.approvals,
+        )
+        checks.check_role(out, f, g)
+        checks.check_environment(out, f, g, req, policy)
+        checks.check_change_windows(out, f, g, policy)
+        checks.check_rollback(out, f, req)
+        checks.check_mfa(out, f, req, policy)
+        checks.check_ticket(out, f, req)
+        checks.check_records(out, f, g)
+        checks.check_resource_scope(out, f, g)
+        checks.check_mcp_servers(out, f, g)
+        cost_estimate = check_loops(out, f, g, self.run_state)
+        checks.check_task_clarity(out, f, policy)
+        if policy.rules:
+            _custom_rules(out, f, policy, constraints)
+
+        return _respond(
+            out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate
+        )
+
+    def _failed(
+        self,
+        request: CheckRequest,
+        rid: str,
+        now: datetime,
+        at: datetime,
+        input_sha256: str,
+        code: str,
+        message: str | None,
+    ) -> Decision:
+        issue = CODES[code].issue(message)
+        policy = self.policy
+        version = policy.policy_version if policy is not None else "none"
+        ctx_env = request.context.environment if request.context is not None else None
+        return Decision(
+            {
+                "verdict": "DENY",
+                "decision": "ERROR",
+                "request_id": rid,
+                "policy_version": version,
+                "policy_pack_version": version,
+                "issues": [issue.to_dict()],
+                "reason": f"{issue.code}: {issue.message}",
+                "risk_score": 100,
+                "high_risk": True,
+                "clarifying_questions": [],
+                "defer_questions": [],
+                "guardrails": [],
+                "guardrail_checks": {"unrecognized_constraints": []},
+                "value_findings": [],
+                "cost_estimate": None,
+                "decision_trace_summary": f"DENY/ERROR: failed closed ({issue.code})",
+                "timestamp": now.timestamp(),
+                "evaluated_at": at.timestamp(),
+                "cached": False,
+                "environment": ctx_env if ctx_env is not None else request.environment,
+                "action_digest": "",
+                "input_sha256": input_sha256,
+                "policy_sha256": policy.sha256 if policy is not None else "",
+                "buckets": [],
+                "ignored_fields": request.unknown_fields,
+            }
+        )
+
+
+def _custom_rules(
+    out: Findings, f: Facts, policy: CompiledPolicy, constraints: list[str]
+) -> None:
+    data: dict[str, Any] | None = None
+    ctx = f.context
+    for rule in policy.rules:
+        if not all(getattr(ctx, key, None) is not None for key in rule.when_context):
+            continue
+        if data is None:
+            data = {
+                "goal": f.request.goal,
+                "tools": list(f.tools),
+                "side_effects": list(f.side_effects),
+                "constraints": constraints,
+                "buckets": list(f.buckets),
+                "environment": f.environment,
+                "pro": f.pro,
+                "context": ctx.model_dump(mode="json", exclude_none=True),
+                "arguments": f.request.arguments or {},
+                "now": f.at,
+            }
+        if rule.evaluate(data):
+            out.add_spec(rule.spec)
+
+
+def _risk(f: Facts, policy: CompiledPolicy, guarded: bool) -> int:
+    weights = policy.risk
+    bucket_weights = sorted((policy.bucket(b).risk_weight for b in f.buckets), reverse=True)
+    score = 0
+    if bucket_weights:
+        score += bucket_weights[0] + weights.extra_bucket * (len(bucket_weights) - 1)
+    if f.write_effects:
+        score += weights.write_side_effect
+        if not guarded:
+            score += weights.missing_guardrails
+    if f.sensitive_tools:
+        score += weights.sensitive_tool
+    if f.is_production:
+        score += weights.production_environment
+    return max(0, min(100, score))
+
+
+def _questions(specs: list[CodeSpec], issues: list[Issue], extra: list[str]) -> tuple[list[str], list[str]]:
+    defer: list[str] = []
+    clarifying: list[str] = []
+    for spec, issue in zip(specs, issues, strict=True):
+        if spec.question is None:
+            continue
+        if issue.effect == "DEFER":
+            defer.append(spec.question)
+        elif issue.effect == "NONE":
+            clarifying.append(spec.question)
+    clarifying.extend(extra)
+    return list(dict.fromkeys(clarifying)), list(dict.fromkeys(defer))
+
+
+def _respond(
+    out: Findings,
+    f: Facts,
+    policy: CompiledPolicy,
+    rid: str,
+    now: datetime,
+    at: datetime,
+    input_sha256: str,
+    digest: str,
+    guardrails: list[str],
+    cost_estimate: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    issues = out.issues
+    verdict, decision = combine(issues)
+    risk = _risk(f, policy, bool(guardrails))
+    clarifying, defer = _questions(out.specs, issues, out.clarifying)
+    version = policy.policy_version
+    if issues:
+        reason = "; ".join(f"{i.code}: {i.message}" for i in issues)
+    else:
+        reason = f"All checks passed under {version}"
+    by_effect: dict[str, list[str]] = {"DENY": [], "DEFER": [], "NONE": []}
+    for i in issues:
+        by_effect[i.effect].append(i.code)
+    trace = [f"{verdict}/{decision} under {version}"]
+    for label, effect in (("deny", "DENY"), ("defer", "DEFER"), ("advisory", "NONE")):
+        if by_effect[effect]:
+            trace.append(f"{label}: {', '.join(by_effect[effect])}")
+    if f.buckets:
+        trace.append(f"buckets: {', '.join(f.buckets)}")
+    trace.append(f"risk {risk}")
+    out.checks.setdefault("approval", {"required": False, "satisfied": True, "verified": False})
+    return {
+        "verdict": verdict,
+        "decision": decision,
+        "request_id": rid,
+        "policy_version": version,
+        "policy_pack_version": version,
+        "issues": [i.to_dict() for i in issues],
+        "reason": reason,
+        "risk_score": risk,
+        "high_risk": bool(f.buckets) or risk >= policy.risk.high_risk_threshold,
+        "clarifying_questions": clarifying,
+        "defer_questions": defer,
+        "guardrails": guardrails,
+        "guardrail_checks": out.checks,
+        "value_findings": out.value_findings,
+        "cost_estimate": dict(cost_estimate) if cost_estimate is not None else None,
+        "decision_trace_summary": "; ".join(trace),
+        "timestamp": now.timestamp(),
+        "evaluated_at": at.timestamp(),
+        "cached": False,
+        "environment": f.environment,
+        "action_digest": digest,
+        "input_sha256": input_sha256,
+        "policy_sha256": policy.sha256,
+        "buckets": list(f.buckets),
+        "ignored_fields": f.request.unknown_fields,
+    }

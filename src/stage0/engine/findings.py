@@ -1,0 +1,38 @@
+"""The accumulator every check writes to: issues (one per code), checks by family, questions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stage0.contract.codes import CODES, CodeSpec
+from stage0.contract.issues import Issue
+
+_RANK = {"NONE": 0, "DEFER": 1, "DENY": 2}
+
+
+class Findings:
+    __slots__ = ("checks", "clarifying", "issues", "pro", "specs", "value_findings")
+
+    def __init__(self, pro: bool) -> None:
+        self.pro = pro
+        self.issues: list[Issue] = []
+        self.specs: list[CodeSpec] = []
+        self.checks: dict[str, Any] = {}
+        self.clarifying: list[str] = []
+        self.value_findings: list[str] = []
+
+    def add(self, code: str, message: str | None = None) -> None:
+        self.add_spec(CODES[code], message)
+
+    def add_spec(self, spec: CodeSpec, message: str | None = None) -> None:
+        issue = spec.issue(message, pro=self.pro)
+        for i, existing in enumerate(self.issues):
+            if existing.code == issue.code:
+                if _RANK[issue.effect] > _RANK[existing.effect]:
+                    self.issues[i] = issue
+                return
+        self.issues.append(issue)
+        self.specs.append(spec)
+
+    def has(self, code: str) -> bool:
+        return any(i.code == code for i in self.issues)

@@ -1,0 +1,172 @@
+"""Load a policy pack from YAML, validate it and compile it."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import time
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import rfc8785
+import yaml
+from pydantic import ValidationError
+
+from stage0.contract.codes import CODES
+from stage0.contract.constraints import CONSTRAINT_KEYS
+from stage0.policy.cel import CelRuleError, compile_rule
+from stage0.policy.compiled import CompiledBucket, CompiledPolicy, index_effect_buckets
+from stage0.policy.matching import GlobMatcher, normalize_name
+from stage0.policy.schema import PackDocument, parse_duration
+from stage0.policy.windows import DAY_INDEX, CompiledWindow
+
+DEFAULT_PACK = "stage0-policy-pack.yaml"
+
+
+class PolicyError(ValueError):
+    """The pack cannot be loaded; ``problems`` names each one (``buckets.x.tools: ...``)."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"policy pack {source} is invalid: " + "; ".join(problems))
+
+
+def default_pack_text() -> str:
+    return resources.files("stage0.policy.packs").joinpath(DEFAULT_PACK).read_text("utf-8")
+
+
+def load_policy(path: str | Path | None = None) -> CompiledPolicy:
+    """Load ``path`` (or the default pack shipped in the package) and compile it."""
+    if path is None:
+        return compile_text(default_pack_text(), source=f"<builtin {DEFAULT_PACK}>")
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except OSError as exc:
+        raise PolicyError(str(p), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    return compile_text(text, source=str(p))
+
+
+def compile_text(text: str, *, source: str = "<text>") -> CompiledPolicy:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise PolicyError(source, ["the pack must be a YAML mapping"])
+    return compile_document(raw, source=source)
+
+
+def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> CompiledPolicy:
+    try:
+        doc = PackDocument.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(pack)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise PolicyError(source, problems) from None
+    problems: list[str] = []
+    try:
+        sha = hashlib.sha256(rfc8785.dumps(raw)).hexdigest()
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise PolicyError(source, [f"the pack is not representable as JSON: {exc}"]) from None
+
+    zone = _zone(doc.timezone, "timezone", problems)
+    windows: dict[str, CompiledWindow] = {}
+    for name, w in doc.change_windows.items():
+        wzone = _zone(w.timezone, f"change_windows.{name}.timezone", problems) if w.timezone else zone
+        windows[normalize_name(name)] = CompiledWindow(
+            name=normalize_name(name),
+            days=frozenset(DAY_INDEX[d] for d in w.days),
+            start=time.fromisoformat(w.start),
+            end=time.fromisoformat(w.end),
+            zone=wzone or ZoneInfo("UTC"),
+        )
+
+    aliases: dict[str, tuple[str, str | None]] = {k: (k, None) for k in CONSTRAINT_KEYS}
+    for key, names in doc.constraint_aliases.items():
+        if key not in CONSTRAINT_KEYS:
+            problems.append(f"constraint_aliases.{key}: `{key}` is not a constraint key")
+            continue
+        for alias in names:
+            name, _, implied = alias.partition("=")
+            aliases[normalize_name(name)] = (key, implied.strip() or None)
+
+    default_evidence = doc.approval.evidence
+    buckets = tuple(
+        CompiledBucket(
+            name=name,
+            description=b.description,
+            risk_weight=b.risk_weight,
+            tool_matcher=GlobMatcher(b.tools),
+            side_effects=frozenset(normalize_name(s) for s in b.side_effects),
+            approval=b.require.approval,
+            approval_evidence=b.require.approval_evidence or default_evidence,
+            environment=b.require.environment,
+            rollback_plan=b.require.rollback_plan,
+            mfa=b.require.mfa,
+            ticket=b.require.ticket,
+        )
+        for name, b in doc.buckets.items()
+    )
+
+    rules = []
+    for i, r in enumerate(doc.rules):
+        if r.code in CODES:
+            problems.append(f"rules.{i}.code: `{r.code}` is a built-in code; choose another")
+            continue
+        try:
+            rules.append(
+                compile_rule(
+                    r.code,
+                    r.condition,
+                    when_context=tuple(r.when_context),
+                    severity=r.severity,
+                    effect=r.effect,
+                    pro_effect=r.pro_effect,
+                    message=r.message,
+                    remediation=r.remediation,
+                    question=r.question,
+                )
+            )
+        except CelRuleError as exc:
+            problems.append(f"rules.{i}.condition: {exc}")
+    if problems:
+        raise PolicyError(source, problems)
+
+    return CompiledPolicy(
+        name=doc.name,
+        version=doc.version,
+        sha256=sha,
+        document=doc,
+        production_environments=frozenset(normalize_name(e) for e in doc.production_environments),
+        approval_max_age=parse_duration(doc.approval.max_age),
+        approval_future_skew=parse_duration(doc.approval.future_skew),
+        mfa_max_age=parse_duration(doc.mfa.max_age),
+        windows=MappingProxyType(windows),
+        write_class=frozenset(normalize_name(s) for s in doc.side_effects.write_class),
+        sensitive_tool=GlobMatcher(doc.sensitive_tools.patterns),
+        sensitive_cleared_by=frozenset(normalize_name(s) for s in doc.sensitive_tools.cleared_by),
+        min_goal_words=doc.value_signal.min_goal_words,
+        action_verbs=frozenset(v.lower() for v in doc.value_signal.action_verbs),
+        aliases=MappingProxyType(aliases),
+        buckets=buckets,
+        risk=doc.risk,
+        rules=tuple(rules),
+        timeout_seconds=doc.evaluation.timeout_ms / 1000.0,
+        _effect_buckets=index_effect_buckets(buckets),
+    )
+
+
+def _zone(name: str | None, where: str, problems: list[str]) -> ZoneInfo | None:
+    if name is None:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"{where}: `{name}` is not an IANA time zone")
+        return None

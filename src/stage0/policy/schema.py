@@ -1,0 +1,177 @@
+"""The policy pack document: what operators write in YAML, validated before compiling."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stage0.contract.issues import EffectName, SeverityName
+
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_CODE = re.compile(r"^[A-Z][A-Z0-9_]{2,63}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``text``: ``90``, ``90s``, ``15m``, ``24h``, ``7d`` or ``250ms``."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"`{text}` is not a duration such as `90s`, `15m` or `24h`")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Duration = str | float
+
+
+class ApprovalSettings(_Strict):
+    max_age: Duration = "24h"
+    future_skew: Duration = "60s"
+    evidence: Literal["any", "verified"] = "any"
+
+    @field_validator("max_age", "future_skew")
+    @classmethod
+    def _duration(cls, v: Duration) -> Duration:
+        parse_duration(v)
+        return v
+
+
+class MfaSettings(_Strict):
+    max_age: Duration = "12h"
+
+    @field_validator("max_age")
+    @classmethod
+    def _duration(cls, v: Duration) -> Duration:
+        parse_duration(v)
+        return v
+
+
+class ChangeWindow(_Strict):
+    days: list[Day] = Field(min_length=1)
+    start: str
+    end: str
+    timezone: str | None = None
+    description: str = ""
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM.match(v):
+            raise ValueError(f"`{v}` is not a time of day as HH:MM")
+        return v
+
+
+class SideEffectSettings(_Strict):
+    write_class: list[str] = Field(min_length=1)
+
+
+class SensitiveTools(_Strict):
+    patterns: list[str]
+    cleared_by: list[str] = ["sandbox", "dry_run", "allowlist", "read_only"]
+
+
+class ValueSignal(_Strict):
+    min_goal_words: int = Field(default=3, ge=1)
+    action_verbs: list[str] = Field(min_length=1)
+
+
+class BucketRequirements(_Strict):
+    approval: bool = True
+    approval_evidence: Literal["any", "verified"] | None = None
+    environment: bool = False
+    rollback_plan: Literal["never", "production", "always"] = "never"
+    mfa: bool = False
+    ticket: bool = False
+
+
+class Bucket(_Strict):
+    description: str
+    risk_weight: int = Field(ge=0, le=100)
+    tools: list[str] = []
+    side_effects: list[str] = []
+    require: BucketRequirements = BucketRequirements()
+
+
+class RiskWeights(_Strict):
+    write_side_effect: int = 15
+    sensitive_tool: int = 15
+    production_environment: int = 15
+    missing_guardrails: int = 20
+    extra_bucket: int = 10
+    high_risk_threshold: int = Field(default=70, ge=0, le=100)
+
+
+class CustomRule(_Strict):
+    """An operator rule: a CEL condition that, when true, raises an issue."""
+
+    code: str
+    description: str = ""
+    condition: str
+    when_context: list[str] = Field(
+        default=[], description="Evaluate only when every one of these context keys is present"
+    )
+    severity: SeverityName = "HIGH"
+    effect: EffectName = "DENY"
+    pro_effect: EffectName | None = None
+    message: str
+    remediation: str
+    question: str | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        if not _CODE.match(v):
+            raise ValueError(f"`{v}` is not an issue code such as `CROSS_TENANT_ACTION`")
+        return v
+
+
+class Evaluation(_Strict):
+    timeout_ms: float = Field(default=200.0, gt=0)
+
+
+class PackDocument(_Strict):
+    """A whole policy pack."""
+
+    apiVersion: Literal["stage0/v1"]  # noqa: N815 - the document's own key
+    name: str
+    version: str
+    description: str = ""
+    timezone: str = "UTC"
+    production_environments: list[str] = ["production", "prod", "prd", "live"]
+    approval: ApprovalSettings = ApprovalSettings()
+    mfa: MfaSettings = MfaSettings()
+    change_windows: dict[str, ChangeWindow] = {}
+    side_effects: SideEffectSettings
+    sensitive_tools: SensitiveTools
+    value_signal: ValueSignal
+    constraint_aliases: dict[str, list[str]] = {}
+    buckets: dict[str, Bucket]
+    risk: RiskWeights = RiskWeights()
+    rules: list[CustomRule] = []
+    evaluation: Evaluation = Evaluation()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"`{v}` is not a pack name (lowercase letters, digits, `.-_`)")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not _SEMVER.match(v):
+            raise ValueError(f"`{v}` is not a semantic version such as `1.0.0`")
+        return v

@@ -1,0 +1,53 @@
+"""Change windows: time-zone aware weekly windows with the next opening time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+DAY_INDEX = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledWindow:
+    """Open on ``days`` from ``start`` (inclusive) to ``end`` (exclusive), local time in ``zone``.
+
+    A window whose end is not after its start runs past midnight: ``22:00``-``02:00`` on a
+    Friday is open from Friday 22:00 to Saturday 02:00.
+    """
+
+    name: str
+    days: frozenset[int]
+    start: time
+    end: time
+    zone: ZoneInfo
+
+    @property
+    def overnight(self) -> bool:
+        return self.end <= self.start
+
+    def contains(self, at: datetime) -> bool:
+        local = at.astimezone(self.zone)
+        now = local.time().replace(tzinfo=None)
+        if not self.overnight:
+            return local.weekday() in self.days and self.start <= now < self.end
+        if local.weekday() in self.days and now >= self.start:
+            return True
+        return (local.weekday() - 1) % 7 in self.days and now < self.end
+
+    def next_open(self, at: datetime) -> datetime:
+        """The next time the window opens after ``at``, in UTC."""
+        local = at.astimezone(self.zone)
+        for offset in range(8):
+            day = local.date() + timedelta(days=offset)
+            if day.weekday() not in self.days:
+                continue
+            opening = datetime.combine(day, self.start, tzinfo=self.zone)
+            if opening > local:
+                return opening.astimezone(UTC)
+        raise ValueError(f"window `{self.name}` never opens")  # unreachable: days is non-empty
+
+    def describe(self) -> str:
+        days = ",".join(k for k, v in DAY_INDEX.items() if v in self.days)
+        return f"{days} {self.start:%H:%M}-{self.end:%H:%M} {self.zone.key}"
