@@ -151,5 +151,13 @@ def parse_request(body: bytes | str | dict[str, Any]) -> CheckRequest:
         raise RequestValidationError.single("(body)", f"not encodable as JSON: {exc}") from None
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+def parse_instant(text: str) -> datetime:
+    """An ISO-8601 instant (``2026-03-17T10:00:00Z``); a value without a zone is UTC.
+
+    Raises ``ValueError`` naming the text when it is not one.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"`{text}` is not an ISO-8601 time such as 2026-03-17T10:00:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -76,6 +76,7 @@ class ConstraintParser:
     def __init__(self, policy: CompiledPolicy) -> None:
         self._policy = policy
         self._cache: dict[str, Parsed | Invalid | None] = {}
+        self._lists: dict[tuple[str, ...], Guardrails] = {}
 
     def parse_one(self, raw: str) -> Parsed | Invalid | None:
         hit = self._cache.get(raw, False)
@@ -135,7 +136,17 @@ class ConstraintParser:
                 message = f"`{canon}` has an invalid value `{value}`"
             return Invalid(raw, message)
 
-    def parse(self, constraints: Iterable[str]) -> Guardrails:
+    def parse(self, constraints: list[str]) -> Guardrails:
+        """Guardrails for a constraint list; cached per list, so treat the result as read-only."""
+        key = tuple(constraints)
+        hit = self._lists.get(key)
+        if hit is None:
+            hit = self._parse_list(key)
+            if len(self._lists) < _CACHE_LIMIT:
+                self._lists[key] = hit
+        return hit
+
+    def _parse_list(self, constraints: Iterable[str]) -> Guardrails:
         g = Guardrails()
         for raw in constraints:
             parsed = self.parse_one(raw)

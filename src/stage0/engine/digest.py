@@ -75,4 +75,8 @@ def action_digest(
         "resource_scope": resource_scope,
         "target_resources": targets,
     }
-    return sha256_hex(canonical_json(action))
+    # Every part but `arguments` is a string, a list of strings or null by validation, so only
+    # the arguments decide whether the fast path is exact.
+    if not arguments or _fast_safe(action["arguments"]):
+        return sha256_hex(orjson.dumps(action, option=orjson.OPT_SORT_KEYS))
+    return sha256_hex(bytes(rfc8785.dumps(action)))

@@ -23,7 +23,7 @@ from stage0.engine.approvals import ApprovalResolver, check_approval
 from stage0.engine.combine import combine
 from stage0.engine.constraints import ConstraintParser
 from stage0.engine.digest import action_digest, canonical_json, sha256_hex
-from stage0.engine.facts import Facts, derive_facts
+from stage0.engine.facts import Classifier, Facts, derive_facts
 from stage0.engine.findings import Findings
 from stage0.engine.loops import check_loops
 from stage0.engine.runstate import RunState
@@ -91,6 +91,7 @@ class Engine:
         self._clock = clock
         self._ids = ids
         self._parser = ConstraintParser(policy) if policy is not None else None
+        self._classify = Classifier(policy) if policy is not None else None
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -173,7 +174,13 @@ class Engine:
         tenant: str,
         input_sha256: str,
     ) -> dict[str, Any]:
-        f = derive_facts(request, policy, at=at, tenant=tenant)
+        f = derive_facts(
+            request,
+            policy,
+            at=at,
+            tenant=tenant,
+            classification=self._classify(request) if self._classify is not None else None,
+        )
         ctx = f.context
         digest = action_digest(
             tools=f.tools,

@@ -38,15 +38,22 @@ def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def derive_facts(
-    request: CheckRequest, policy: CompiledPolicy, *, at: datetime, tenant: str
-) -> Facts:
-    ctx = request.context or _EMPTY_CONTEXT
-    tools = _unique([normalize_name(t) for t in request.tools or ()])
-    effects = _unique([normalize_name(s) for s in request.side_effects or ()])
-    environment = ctx.environment if ctx.environment is not None else request.environment
-    env_key = normalize_name(environment) if environment else None
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What the tool names and side effects alone say; cached per distinct pair of lists."""
 
+    tools: tuple[str, ...]
+    side_effects: tuple[str, ...]
+    buckets: tuple[str, ...]
+    write_effects: tuple[str, ...]
+    sensitive_tools: tuple[str, ...]
+
+
+def classify(
+    policy: CompiledPolicy, raw_tools: tuple[str, ...], raw_effects: tuple[str, ...]
+) -> Classification:
+    tools = _unique([normalize_name(t) for t in raw_tools])
+    effects = _unique([normalize_name(s) for s in raw_effects])
     buckets: list[str] = []
     sensitive: list[str] = []
     for tool in tools:
@@ -57,9 +64,44 @@ def derive_facts(
     for effect in effects:
         buckets.extend(policy.effect_buckets(effect))
     bucket_names = tuple(b.name for b in policy.buckets if b.name in buckets)
-
     write = [e for e in effects if e in policy.write_class]
     write.extend(b for b in bucket_names if b not in write)
+    return Classification(tools, effects, bucket_names, tuple(write), tuple(sensitive))
+
+
+class Classifier:
+    """Caches :func:`classify` for one policy (requests repeat the same tool lists)."""
+
+    def __init__(self, policy: CompiledPolicy, limit: int = 4096) -> None:
+        self._policy = policy
+        self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Classification] = {}
+        self._limit = limit
+
+    def __call__(self, request: CheckRequest) -> Classification:
+        key = (tuple(request.tools or ()), tuple(request.side_effects or ()))
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = classify(self._policy, *key)
+            if len(self._cache) < self._limit:
+                self._cache[key] = hit
+        return hit
+
+
+def derive_facts(
+    request: CheckRequest,
+    policy: CompiledPolicy,
+    *,
+    at: datetime,
+    tenant: str,
+    classification: Classification | None = None,
+) -> Facts:
+    ctx = request.context or _EMPTY_CONTEXT
+    c = classification or classify(
+        policy, tuple(request.tools or ()), tuple(request.side_effects or ())
+    )
+    tools = c.tools
+    environment = ctx.environment if ctx.environment is not None else request.environment
+    env_key = normalize_name(environment) if environment else None
 
     if ctx.current_tool:
         call_tool: str | None = normalize_name(ctx.current_tool)
@@ -73,12 +115,12 @@ def derive_facts(
         pro=bool(request.pro),
         tenant=tenant,
         tools=tools,
-        side_effects=effects,
+        side_effects=c.side_effects,
         environment=environment,
         environment_key=env_key,
         is_production=env_key is not None and env_key in policy.production_environments,
-        buckets=bucket_names,
-        write_effects=tuple(write),
-        sensitive_tools=tuple(sensitive),
+        buckets=c.buckets,
+        write_effects=c.write_effects,
+        sensitive_tools=c.sensitive_tools,
         call_tool=call_tool,
     )

@@ -58,6 +58,7 @@ class CompiledPolicy:
     timeout_seconds: float
     _tool_cache: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     _effect_buckets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    _bucket_index: Mapping[str, CompiledBucket] = field(default_factory=dict)
 
     @property
     def policy_version(self) -> str:
@@ -77,10 +78,7 @@ class CompiledPolicy:
         return self._effect_buckets.get(side_effect, ())
 
     def bucket(self, name: str) -> CompiledBucket:
-        for b in self.buckets:
-            if b.name == name:
-                return b
-        raise KeyError(name)
+        return self._bucket_index[name]
 
     def resolve_alias(self, key: str) -> tuple[str, str | None] | None:
         return self.aliases.get(normalize_name(key))

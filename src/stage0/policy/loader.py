@@ -159,6 +159,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         rules=tuple(rules),
         timeout_seconds=doc.evaluation.timeout_ms / 1000.0,
         _effect_buckets=index_effect_buckets(buckets),
+        _bucket_index=MappingProxyType({b.name: b for b in buckets}),
     )
 
 

@@ -1,0 +1,1 @@
+"""The ``stage0`` command line."""
