@@ -13,8 +13,8 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from stage0.contract.errors import RequestValidationError
@@ -106,19 +106,17 @@ class CheckRequest(BaseModel):
             raise ValueError("must contain a non-blank sentence")
         return value
 
-    @model_validator(mode="after")
-    def _environment_alias(self) -> CheckRequest:
-        ctx_env = self.context.environment if self.context is not None else None
-        if (
-            self.environment is not None
-            and ctx_env is not None
-            and self.environment.strip().lower() != ctx_env.strip().lower()
-        ):
+    @field_validator("environment", mode="after")
+    @classmethod
+    def _environment_alias(cls, value: str | None, info: ValidationInfo) -> str | None:
+        context = info.data.get("context")
+        ctx_env = context.environment if isinstance(context, Context) else None
+        if value is not None and ctx_env is not None and value.strip().lower() != ctx_env.strip().lower():
             raise ValueError(
-                f"`environment` ({self.environment!r}) contradicts `context.environment` "
-                f"({ctx_env!r}); send one, or the same value in both"
+                f"`environment` ({value!r}) contradicts `context.environment` ({ctx_env!r}); "
+                "send one, or the same value in both"
             )
-        return self
+        return value
 
     @property
     def unknown_fields(self) -> list[str]:

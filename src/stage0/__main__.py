@@ -1,0 +1,3 @@
+from stage0.cli.main import main
+
+main()

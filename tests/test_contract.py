@@ -1,0 +1,144 @@
+"""Request validation: every bad field named at once; never an ALLOW; null-tolerant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stage0.contract import (
+    MAX_BODY_BYTES,
+    CheckRequest,
+    CheckResponse,
+    RequestValidationError,
+    parse_request,
+)
+from tests.helpers import decide, request
+
+
+def fields_of(exc: RequestValidationError) -> set[str]:
+    return {e.field for e in exc.errors}
+
+
+@pytest.mark.parametrize(
+    ("note", "body", "bad_fields"),
+    [
+        ("goal missing", {"tools": []}, {"goal"}),
+        ("goal empty", {"goal": ""}, {"goal"}),
+        ("goal blank", {"goal": "   "}, {"goal"}),
+        ("goal too long", {"goal": "x" * 8001}, {"goal"}),
+        ("tool not a string", {"goal": "Deploy it now", "tools": ["a", 3]}, {"tools.1"}),
+        ("too many tools", {"goal": "Deploy it now", "tools": ["t"] * 201}, {"tools"}),
+        ("too many side effects", {"goal": "Deploy it", "side_effects": ["w"] * 201},
+         {"side_effects"}),
+        ("pro not a bool", {"goal": "Deploy it now", "pro": "yes"}, {"pro"}),
+        ("context not an object", {"goal": "Deploy it now", "context": []}, {"context"}),
+        ("bad approval status", {"goal": "Deploy", "context": {"approval_status": "ok"}},
+         {"context.approval_status"}),
+        ("bad approved_at", {"goal": "Deploy", "context": {"approved_at": "yesterday"}},
+         {"context.approved_at"}),
+        ("mfa_verified as string", {"goal": "Deploy", "context": {"mfa_verified": "true"}},
+         {"context.mfa_verified"}),
+        ("negative record count", {"goal": "Deploy", "context": {"record_count": -1}},
+         {"context.record_count"}),
+        ("iteration as float", {"goal": "Deploy", "context": {"current_iteration": 1.5}},
+         {"context.current_iteration"}),
+        ("several at once", {"goal": "", "tools": [1], "pro": 3}, {"goal", "tools.0", "pro"}),
+        ("environment contradicts context", {"goal": "Deploy it", "environment": "prod",
+                                             "context": {"environment": "staging"}}, {"environment"}),
+    ],
+)
+def test_invalid_requests_name_each_bad_field(
+    note: str, body: dict[str, object], bad_fields: set[str]
+) -> None:
+    with pytest.raises(RequestValidationError) as info:
+        parse_request(body)
+    assert fields_of(info.value) == bad_fields, note
+    assert info.value.issue.code == "REQUEST_INVALID"
+    assert info.value.issue.effect == "DENY"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"not json", b"[1,2]", b'"goal"', b"null", b'{"goal": "x",}', b"\xff\xfe"],
+)
+def test_non_objects_are_rejected(raw: bytes) -> None:
+    with pytest.raises(RequestValidationError):
+        parse_request(raw)
+
+
+def test_body_size_limit() -> None:
+    body = json.dumps({"goal": "Deploy it", "context": {"blob": "x" * MAX_BODY_BYTES}})
+    with pytest.raises(RequestValidationError) as info:
+        parse_request(body.encode())
+    assert info.value.errors[0].type == "too_large"
+
+
+def test_null_is_accepted_for_every_optional_field() -> None:
+    optional = [name for name, f in CheckRequest.model_fields.items() if not f.is_required()]
+    body = {"goal": "Summarize the open incidents", **dict.fromkeys(optional)}
+    parsed = parse_request(body)
+    assert parsed.tools is None
+    decision = decide(body)
+    assert decision.verdict in {"ALLOW", "DEFER", "DENY"}
+
+
+def test_null_context_keys_are_accepted() -> None:
+    from stage0.contract import Context
+
+    ctx = dict.fromkeys(Context.model_fields)
+    decision = decide(request(context=ctx))
+    assert decision.verdict == "ALLOW"
+
+
+def test_unknown_fields_are_kept_and_reported() -> None:
+    decision = decide(request(client_version="9.9", context={"shard": "eu-1"}))
+    assert decision.body["ignored_fields"] == ["client_version"]
+    parsed = parse_request(request(context={"shard": "eu-1"}))
+    assert parsed.context is not None
+    assert parsed.context.model_extra == {"shard": "eu-1"}
+
+
+def test_environment_alias() -> None:
+    decision = decide(request(environment="staging"))
+    assert decision.body["environment"] == "staging"
+    same = parse_request({"goal": "Deploy it", "environment": "Prod",
+                          "context": {"environment": "prod"}})
+    assert same.environment == "Prod"
+
+
+def test_naive_timestamps_are_utc() -> None:
+    parsed = parse_request({"goal": "Deploy it", "context": {"approved_at": "2026-03-17T09:00:00"}})
+    assert parsed.context is not None
+    assert parsed.context.approved_at is not None
+    assert parsed.context.approved_at.utcoffset() is not None
+
+
+def test_approval_status_is_case_insensitive() -> None:
+    parsed = parse_request({"goal": "Deploy it", "context": {"approval_status": "Approved"}})
+    assert parsed.context is not None
+    assert parsed.context.approval_status == "approved"
+
+
+def test_error_lists_every_field_in_its_summary() -> None:
+    with pytest.raises(RequestValidationError) as info:
+        parse_request({"goal": "", "tools": [1]})
+    summary = info.value.to_dict()["detail"]
+    assert "`goal`" in str(summary)
+    assert "`tools.0`" in str(summary)
+
+
+@pytest.mark.parametrize("model", [CheckRequest, CheckResponse])
+def test_json_schema_exports(model: type[CheckRequest] | type[CheckResponse]) -> None:
+    schema = model.model_json_schema()
+    assert schema["type"] == "object"
+    assert schema["properties"]
+
+
+def test_request_schema_declares_limits() -> None:
+    props = CheckRequest.model_json_schema()["properties"]
+    goal = props["goal"]
+    assert goal["maxLength"] == 8000
+    assert goal["minLength"] == 1
+    tools = props["tools"]["anyOf"][0]
+    assert tools["maxItems"] == 200
