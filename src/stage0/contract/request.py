@@ -83,6 +83,31 @@ class Context(BaseModel):
         return _as_utc(value)
 
 
+MAX_ARGUMENT_DEPTH = 32
+SAFE_INTEGER = 2**53 - 1
+
+
+def _check_json_domain(value: Any, path: str, depth: int) -> None:
+    """Arguments are bound into the action digest, so they must have one exact canonical form
+    (RFC 8785): integers within +-(2**53 - 1) and nesting at most 32 deep."""
+    if depth > MAX_ARGUMENT_DEPTH:
+        raise ValueError(f"`{path}` nests deeper than {MAX_ARGUMENT_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return
+    if isinstance(value, int):
+        if not -SAFE_INTEGER <= value <= SAFE_INTEGER:
+            raise ValueError(
+                f"`{path}` is an integer outside +-(2**53 - 1); send it as a string"
+            )
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json_domain(v, f"{path}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json_domain(v, f"{path}.{i}", depth + 1)
+
+
 class CheckRequest(BaseModel):
     """A proposed action, sent before it executes. Unknown top-level fields are kept, not used."""
 
@@ -104,6 +129,13 @@ class CheckRequest(BaseModel):
     def _goal_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must contain a non-blank sentence")
+        return value
+
+    @field_validator("arguments", mode="after")
+    @classmethod
+    def _arguments_are_canonicalizable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            _check_json_domain(value, "arguments", 0)
         return value
 
     @field_validator("environment", mode="after")

@@ -113,7 +113,7 @@ class Engine:
         """
         request = parse_request(body)
         if isinstance(body, dict):
-            digest = sha256_hex(canonical_json(body))
+            digest = _mapping_sha256(body)
         else:
             digest = sha256_hex(body.encode() if isinstance(body, str) else body)
         return self.evaluate(
@@ -281,6 +281,15 @@ class Engine:
                 "ignored_fields": request.unknown_fields,
             }
         )
+
+
+def _mapping_sha256(body: dict[str, Any]) -> str:
+    """SHA-256 of a mapping's RFC 8785 form; for a mapping outside RFC 8785's number domain
+    (only possible in fields the engine does not read), of its sorted-key orjson form."""
+    try:
+        return sha256_hex(canonical_json(body))
+    except (ValueError, TypeError):
+        return sha256_hex(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 
 
 def _custom_rules(

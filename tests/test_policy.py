@@ -1,0 +1,155 @@
+"""Policy packs: loading, validation that names each problem, compilation, CEL rules, hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stage0.policy import PolicyError, compile_document, compile_text, load_policy
+from stage0.policy.loader import default_pack_text
+from tests.helpers import decide, request
+
+
+def _doc() -> dict[str, object]:
+    doc = yaml.safe_load(default_pack_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_default_pack_identity(policy: object) -> None:
+    p = load_policy()
+    assert p.policy_version == "stage0-policy-pack@1.0.0"
+    assert len(p.sha256) == 64
+    assert [b.name for b in p.buckets] == [
+        "money_movement", "destructive_data", "production_control_plane"]
+    assert p.approval_max_age == 24 * 3600
+    window = p.windows["business_hours"]
+    assert window.describe() == "mon,tue,wed,thu,fri 09:00-17:00 UTC"
+
+
+def test_sha_ignores_formatting_and_comments() -> None:
+    text = default_pack_text()
+    reformatted = yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+    assert compile_text(reformatted).sha256 == compile_text(text).sha256
+    changed = text.replace("max_age: 24h", "max_age: 12h")
+    assert compile_text(changed).sha256 != compile_text(text).sha256
+
+
+def test_compiled_policy_is_immutable() -> None:
+    p = load_policy()
+    with pytest.raises(AttributeError):
+        p.version = "2.0.0"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        p.windows["x"] = p.windows["business_hours"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (lambda d: d.update(version="one"), "version"),
+        (lambda d: d.update(name="Bad Name"), "name"),
+        (lambda d: d.update(timezone="Mars/Olympus"), "timezone"),
+        (lambda d: d["change_windows"]["business_hours"].update(start="9am"),
+         "change_windows.business_hours.start"),
+        (lambda d: d["change_windows"]["business_hours"].update(days=["funday"]),
+         "change_windows.business_hours.days.0"),
+        (lambda d: d["buckets"]["money_movement"].update(risk_weight=500),
+         "buckets.money_movement.risk_weight"),
+        (lambda d: d.update(unexpected=True), "unexpected"),
+        (lambda d: d["constraint_aliases"].update(not_a_key=["x"]), "constraint_aliases.not_a_key"),
+        (lambda d: d["rules"][0].update(condition="context.target_tenants.exists(t,"),
+         "rules.0.condition"),
+        (lambda d: d["rules"][0].update(condition="'a string'"), "rules.0.condition"),
+        (lambda d: d["rules"][0].update(code="ROLE_NOT_AUTHORIZED"), "rules.0.code"),
+        (lambda d: d["rules"][0].update(code="lowercase"), "rules.0.code"),
+        (lambda d: d["approval"].update(max_age="soon"), "approval.max_age"),
+    ],
+)
+def test_invalid_packs_name_the_problem(mutate: object, problem: str) -> None:
+    doc = _doc()
+    mutate(doc)  # type: ignore[operator]
+    with pytest.raises(PolicyError) as info:
+        compile_document(doc)
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        compile_text("a: [unclosed")
+    with pytest.raises(PolicyError, match="mapping"):
+        compile_text("- a list")
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_custom_cel_rule_with_operator_codes(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["rules"] = [
+        {
+            "code": "LARGE_REFUND",
+            "condition": "has(arguments.amount) && double(arguments.amount) > 1000.0",
+            "severity": "MEDIUM",
+            "effect": "DEFER",
+            "message": "Refunds over 1000 need finance review",
+            "remediation": "Ask finance to review the refund",
+            "question": "Has finance reviewed this refund?",
+        },
+        {
+            "code": "NO_FRIDAY_PROD",
+            "condition": "environment == 'production' && now.getDayOfWeek() == 5",
+            "message": "No production changes on Fridays",
+            "remediation": "Wait until Monday",
+        },
+    ]
+    path = tmp_path / "pack.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    policy = load_policy(path)
+    big = decide(request(arguments={"amount": 5000}), policy=policy)
+    assert big.verdict == "DEFER"
+    assert "LARGE_REFUND" in big.issue_codes
+    assert "Has finance reviewed this refund?" in big.body["defer_questions"]
+    small = decide(request(arguments={"amount": 10}), policy=policy)
+    assert "LARGE_REFUND" not in small.issue_codes
+    friday = decide(request(environment="production"), at="2026-03-20T10:00:00Z", policy=policy)
+    assert friday.verdict == "DENY"
+    assert "NO_FRIDAY_PROD" in friday.issue_codes
+
+
+def test_a_rule_that_errors_at_runtime_fails_closed() -> None:
+    doc = _doc()
+    doc["rules"] = [{
+        "code": "BROKEN_RULE",
+        "condition": "context.missing_key == 'x'",
+        "message": "m",
+        "remediation": "r",
+    }]
+    policy = compile_document(doc)
+    decision = decide(request(), policy=policy)
+    assert decision.verdict == "DENY"
+    assert decision.decision == "ERROR"
+    assert decision.issue_codes == ["POLICY_EVALUATION_FAILED"]
+
+
+def test_bucket_can_require_verified_approval() -> None:
+    doc = _doc()
+    doc["buckets"]["money_movement"]["require"]["approval_evidence"] = "verified"  # type: ignore[index]
+    policy = compile_document(doc)
+    body = request(tools=["payments.create_payout"], constraints=["approval required"],
+                   context={"approval_status": "approved"})
+    decision = decide(body, policy=policy)
+    assert decision.verdict == "DEFER"
+    assert "APPROVAL_REQUIRED_PENDING" in decision.issue_codes
+    assert decision.body["guardrail_checks"]["approval"]["evidence"] == "verified"
+
+
+def test_bucket_requirements_mfa_and_ticket() -> None:
+    doc = _doc()
+    doc["buckets"]["destructive_data"]["require"].update(mfa=True, ticket=True)  # type: ignore[index]
+    policy = compile_document(doc)
+    body = request(tools=["db.purge_old_rows"], constraints=["approval required"],
+                   context={"approval_status": "approved"})
+    found = decide(body, policy=policy).issue_codes
+    assert "MFA_REQUIRED" in found
+    assert "TICKET_REQUIRED" in found
