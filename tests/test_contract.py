@@ -10,6 +10,7 @@ from stage0.contract import (
     MAX_BODY_BYTES,
     CheckRequest,
     CheckResponse,
+    Context,
     RequestValidationError,
     parse_request,
 )
@@ -29,7 +30,8 @@ def fields_of(exc: RequestValidationError) -> set[str]:
         ("goal too long", {"goal": "x" * 8001}, {"goal"}),
         ("tool not a string", {"goal": "Deploy it now", "tools": ["a", 3]}, {"tools.1"}),
         ("too many tools", {"goal": "Deploy it now", "tools": ["t"] * 201}, {"tools"}),
-        ("too many side effects", {"goal": "Deploy it", "side_effects": ["w"] * 201},
+        ("too many side effects",
+         {"goal": "Deploy it", "side_effects": ["w"] * 201},
          {"side_effects"}),
         ("pro not a bool", {"goal": "Deploy it now", "pro": "yes"}, {"pro"}),
         ("context not an object", {"goal": "Deploy it now", "context": []}, {"context"}),
@@ -44,8 +46,9 @@ def fields_of(exc: RequestValidationError) -> set[str]:
         ("iteration as float", {"goal": "Deploy", "context": {"current_iteration": 1.5}},
          {"context.current_iteration"}),
         ("several at once", {"goal": "", "tools": [1], "pro": 3}, {"goal", "tools.0", "pro"}),
-        ("environment contradicts context", {"goal": "Deploy it", "environment": "prod",
-                                             "context": {"environment": "staging"}}, {"environment"}),
+        ("environment contradicts context",
+         {"goal": "Deploy it", "environment": "prod", "context": {"environment": "staging"}},
+         {"environment"}),
     ],
 )
 def test_invalid_requests_name_each_bad_field(
@@ -84,8 +87,6 @@ def test_null_is_accepted_for_every_optional_field() -> None:
 
 
 def test_null_context_keys_are_accepted() -> None:
-    from stage0.contract import Context
-
     ctx = dict.fromkeys(Context.model_fields)
     decision = decide(request(context=ctx))
     assert decision.verdict == "ALLOW"

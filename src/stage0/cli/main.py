@@ -32,7 +32,7 @@ POLICY_OPTION = click.option(
 )
 
 
-class _Instant(click.ParamType):
+class _Instant(click.ParamType):  # type: ignore[type-arg]  # generic only in stubs
     name = "ISO-8601"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:

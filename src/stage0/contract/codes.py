@@ -80,16 +80,19 @@ def _spec(
         severity, effect = "MEDIUM", "NONE"
     else:
         severity, effect = "LOW", "NONE"
-    return CodeSpec(code, kind, severity, effect, pro_effect or effect, message, remediation, question)
+    return CodeSpec(
+        code, kind, severity, effect, pro_effect or effect, message, remediation, question
+    )
 
 
-V, E, A, I, X = Kind.VIOLATION, Kind.EVIDENCE, Kind.ADVISORY, Kind.INFO, Kind.ERROR
+V, E, A, INFO, X = Kind.VIOLATION, Kind.EVIDENCE, Kind.ADVISORY, Kind.INFO, Kind.ERROR
 
 _ALL = [
     # --- policy violations (deny) -------------------------------------------------------------
     _spec(
         "SIDE_EFFECTS_NEED_GUARDRAILS", V,
-        "External/irreversible side effects declared without machine-readable guardrails in constraints.",
+        "External/irreversible side effects declared without machine-readable guardrails "
+        "in constraints.",
         "Add machine-readable guardrails to `constraints` (for example `require_approval: true`, "
         "`max_records: N`, `allowed_environment: staging`)",
         "What hard constraints must never be violated?",
@@ -235,7 +238,7 @@ _ALL = [
         pro_effect="DEFER",
     ),
     _spec(
-        "MISSING_SUCCESS_CRITERIA", I,
+        "MISSING_SUCCESS_CRITERIA", INFO,
         "No success criteria were given",
         "Add `success_criteria` describing how success will be measured",
         "How will success be measured?",

@@ -143,7 +143,11 @@ class CheckRequest(BaseModel):
     def _environment_alias(cls, value: str | None, info: ValidationInfo) -> str | None:
         context = info.data.get("context")
         ctx_env = context.environment if isinstance(context, Context) else None
-        if value is not None and ctx_env is not None and value.strip().lower() != ctx_env.strip().lower():
+        if (
+            value is not None
+            and ctx_env is not None
+            and value.strip().lower() != ctx_env.strip().lower()
+        ):
             raise ValueError(
                 f"`environment` ({value!r}) contradicts `context.environment` ({ctx_env!r}); "
                 "send one, or the same value in both"
@@ -165,7 +169,9 @@ def parse_request(body: bytes | str | dict[str, Any]) -> CheckRequest:
             raw = body.encode() if isinstance(body, str) else body
             if len(raw) > MAX_BODY_BYTES:
                 raise RequestValidationError.single(
-                    "(body)", f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}", "too_large"
+                    "(body)",
+                    f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}",
+                    "too_large",
                 )
             return CheckRequest.model_validate_json(raw)
         if not isinstance(body, dict):
@@ -187,7 +193,7 @@ def parse_instant(text: str) -> datetime:
     Raises ``ValueError`` naming the text when it is not one.
     """
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        value = datetime.fromisoformat(text.strip().upper().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"`{text}` is not an ISO-8601 time such as 2026-03-17T10:00:00Z") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value

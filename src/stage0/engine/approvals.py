@@ -60,7 +60,9 @@ def check_approval(
     }
     out.checks["approval"] = check
     if status == "rejected":
-        out.add("APPROVAL_REJECTED", "The caller reports `approval_status: rejected` for this action")
+        out.add(
+            "APPROVAL_REJECTED", "The caller reports `approval_status: rejected` for this action"
+        )
         return
     if not required:
         return

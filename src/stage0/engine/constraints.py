@@ -163,7 +163,7 @@ class ConstraintParser:
         return g
 
 
-def _apply(g: Guardrails, p: Parsed) -> None:  # noqa: C901 - one arm per constraint key
+def _apply(g: Guardrails, p: Parsed) -> None:
     key, value = p.key, p.value
     if key == "require_approval":
         g.require_approval = g.require_approval or bool(value)

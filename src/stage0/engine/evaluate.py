@@ -155,7 +155,7 @@ class Engine:
                     f"{policy.timeout_seconds * 1000:g} ms",
                 )
             return Decision(body)
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything, by contract
+        except Exception as exc:
             return self._failed(
                 request, rid, now, at, input_sha256, "POLICY_EVALUATION_FAILED",
                 f"Policy evaluation failed: {str(exc)[:300] or type(exc).__name__}",
@@ -334,7 +334,9 @@ def _risk(f: Facts, policy: CompiledPolicy, guarded: bool) -> int:
     return max(0, min(100, score))
 
 
-def _questions(specs: list[CodeSpec], issues: list[Issue], extra: list[str]) -> tuple[list[str], list[str]]:
+def _questions(
+    specs: list[CodeSpec], issues: list[Issue], extra: list[str]
+) -> tuple[list[str], list[str]]:
     defer: list[str] = []
     clarifying: list[str] = []
     for spec, issue in zip(specs, issues, strict=True):

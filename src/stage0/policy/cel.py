@@ -82,7 +82,7 @@ def compile_rule(
     except RuntimeError as exc:
         raise CelRuleError(f"rule `{code}`: {exc}") from None
     rtype = expr.return_type()
-    if rtype != _T.BOOL and rtype != _T.DYN:
+    if rtype not in (_T.BOOL, _T.DYN):
         raise CelRuleError(f"rule `{code}`: the condition returns {rtype.name()}, not bool")
     kind = {"DENY": Kind.VIOLATION, "DEFER": Kind.EVIDENCE}.get(effect, Kind.ADVISORY)
     spec = CodeSpec(

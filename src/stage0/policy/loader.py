@@ -64,11 +64,11 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
     try:
         doc = PackDocument.model_validate(raw)
     except ValidationError as exc:
-        problems = [
+        invalid = [
             f"{'.'.join(str(p) for p in e['loc']) or '(pack)'}: {e['msg']}"
             for e in exc.errors(include_url=False)
         ]
-        raise PolicyError(source, problems) from None
+        raise PolicyError(source, invalid) from None
     problems: list[str] = []
     try:
         sha = hashlib.sha256(rfc8785.dumps(raw)).hexdigest()
@@ -78,7 +78,9 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
     zone = _zone(doc.timezone, "timezone", problems)
     windows: dict[str, CompiledWindow] = {}
     for name, w in doc.change_windows.items():
-        wzone = _zone(w.timezone, f"change_windows.{name}.timezone", problems) if w.timezone else zone
+        wzone = (
+            _zone(w.timezone, f"change_windows.{name}.timezone", problems) if w.timezone else zone
+        )
         windows[normalize_name(name)] = CompiledWindow(
             name=normalize_name(name),
             days=frozenset(DAY_INDEX[d] for d in w.days),

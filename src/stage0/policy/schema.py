@@ -144,7 +144,7 @@ class Evaluation(_Strict):
 class PackDocument(_Strict):
     """A whole policy pack."""
 
-    apiVersion: Literal["stage0/v1"]  # noqa: N815 - the document's own key
+    apiVersion: Literal["stage0/v1"]
     name: str
     version: str
     description: str = ""
