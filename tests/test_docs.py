@@ -1,0 +1,110 @@
+"""The docs name every issue code, CLI command and option, pack setting and constraint key."""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+
+import click
+import pytest
+from pydantic import BaseModel
+
+from stage0.cli.main import cli
+from stage0.contract import CODES
+from stage0.contract.constraints import CONSTRAINT_KEYS
+from stage0.policy import load_policy
+from stage0.policy.schema import PackDocument
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _code_rows() -> dict[str, list[str]]:
+    rows = {}
+    for line in (DOCS / "decisions.md").read_text("utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and re.fullmatch(r"`[A-Z_]+`", cells[0]):
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_every_builtin_code_is_documented_with_its_severity_and_effect(code: str) -> None:
+    rows = _code_rows()
+    assert code in rows, f"{code} is not in docs/decisions.md"
+    spec = CODES[code]
+    _, kind, severity, effect, pro_effect, remediation = rows[code][:6]
+    assert (kind, severity, effect, pro_effect) == (
+        spec.kind.value, spec.severity, spec.effect, spec.pro_effect)
+    assert remediation
+
+
+def test_default_pack_rule_codes_are_documented() -> None:
+    rows = _code_rows()
+    for rule in load_policy().rules:
+        assert rule.spec.code in rows
+        assert rows[rule.spec.code][2:4] == [rule.spec.severity, rule.spec.effect]
+
+
+def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = []
+    for name, command in group.commands.items():
+        path = f"{prefix} {name}"
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, path))
+        else:
+            found.append((path, command))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), _commands(cli, "stage0"), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_cli_command_and_option_is_documented(path: str, command: click.Command) -> None:
+    text = (DOCS / "cli.md").read_text("utf-8")
+    assert f"## `{path}" in text, f"no section for `{path}` in docs/cli.md"
+    section = text.split(f"## `{path}", 1)[1].split("\n## ", 1)[0]
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for opt in param.opts:
+                assert f"`{opt}" in section, f"{path}: option {opt} is not documented"
+
+
+def _settings(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        target = field.annotation
+        origin = typing.get_origin(target)
+        args = typing.get_args(target)
+        if isinstance(target, type) and issubclass(target, BaseModel):
+            paths.extend(_settings(target, f"{path}."))
+        elif origin is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            paths.extend(_settings(args[1], f"{path}.<name>."))
+        elif origin is list and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            paths.extend(_settings(args[0], f"{path}[]."))
+        else:
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("setting", _settings(PackDocument))
+def test_every_pack_setting_is_documented(setting: str) -> None:
+    assert f"`{setting}`" in (DOCS / "policy.md").read_text("utf-8")
+
+
+@pytest.mark.parametrize("key", sorted(CONSTRAINT_KEYS))
+def test_every_constraint_key_and_alias_is_documented(key: str) -> None:
+    text = (DOCS / "constraints.md").read_text("utf-8")
+    row = next((line for line in text.splitlines() if line.startswith(f"| `{key}` |")), None)
+    assert row is not None, key
+    for alias, (canon, _) in load_policy().aliases.items():
+        if canon == key and alias != key:
+            assert f"`{alias}`" in row, f"alias {alias} of {key} is not documented"
+
+
+def test_changelog_and_readme_exist() -> None:
+    root = DOCS.parent
+    assert (root / "CHANGELOG.md").read_text("utf-8").startswith("# Changelog")
+    readme = (root / "README.md").read_text("utf-8")
+    assert "stage0 check" in readme
