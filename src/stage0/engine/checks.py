@@ -300,11 +300,9 @@ def check_mcp_servers(out: Findings, f: Facts, g: Guardrails) -> None:
     }
 
 
-def check_task_clarity(out: Findings, f: Facts, policy: CompiledPolicy) -> None:
-    request = f.request
-    if not request.success_criteria:
-        out.add("MISSING_SUCCESS_CRITERIA")
-    words = _WORDS.findall(request.goal.lower())
+def goal_problems(goal: str, policy: CompiledPolicy) -> tuple[str, ...]:
+    """Why a goal is too vague to judge (empty when it is not)."""
+    words = _WORDS.findall(goal.lower())
     problems = []
     if len(words) < policy.min_goal_words:
         problems.append(
@@ -312,6 +310,14 @@ def check_task_clarity(out: Findings, f: Facts, policy: CompiledPolicy) -> None:
         )
     if not any(w in policy.action_verbs for w in words):
         problems.append("the goal names no concrete action")
+    return tuple(problems)
+
+
+def check_task_clarity(
+    out: Findings, f: Facts, problems: tuple[str, ...]
+) -> None:
+    if not f.request.success_criteria:
+        out.add("MISSING_SUCCESS_CRITERIA")
     if problems:
         out.value_findings.extend(problems)
         out.add("UNCLEAR_VALUE_SIGNAL", "The goal is too vague: " + "; ".join(problems))

@@ -92,6 +92,7 @@ class Engine:
         self._ids = ids
         self._parser = ConstraintParser(policy) if policy is not None else None
         self._classify = Classifier(policy) if policy is not None else None
+        self._goals: dict[str, tuple[str, ...]] = {}
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -163,6 +164,14 @@ class Engine:
 
     # -- evaluation -------------------------------------------------------------------------
 
+    def _goal_problems(self, goal: str, policy: CompiledPolicy) -> tuple[str, ...]:
+        hit = self._goals.get(goal)
+        if hit is None:
+            hit = checks.goal_problems(goal, policy)
+            if len(self._goals) < 4096:
+                self._goals[goal] = hit
+        return hit
+
     def _evaluate(
         self,
         request: CheckRequest,
@@ -230,7 +239,7 @@ class Engine:
         checks.check_resource_scope(out, f, g)
         checks.check_mcp_servers(out, f, g)
         cost_estimate = check_loops(out, f, g, self.run_state)
-        checks.check_task_clarity(out, f, policy)
+        checks.check_task_clarity(out, f, self._goal_problems(request.goal, policy))
         if policy.rules:
             _custom_rules(out, f, policy, constraints)
 
@@ -318,19 +327,13 @@ def _custom_rules(
 
 
 def _risk(f: Facts, policy: CompiledPolicy, guarded: bool) -> int:
-    weights = policy.risk
-    bucket_weights = sorted((policy.bucket(b).risk_weight for b in f.buckets), reverse=True)
-    score = 0
-    if bucket_weights:
-        score += bucket_weights[0] + weights.extra_bucket * (len(bucket_weights) - 1)
-    if f.write_effects:
-        score += weights.write_side_effect
-        if not guarded:
-            score += weights.missing_guardrails
-    if f.sensitive_tools:
-        score += weights.sensitive_tool
+    """Deterministic 0..100: the names' base risk (buckets, write-class effects, sensitive tools,
+    see :func:`~stage0.engine.facts.classify`) plus missing guardrails and production."""
+    score = f.base_risk
+    if f.write_effects and not guarded:
+        score += policy.risk.missing_guardrails
     if f.is_production:
-        score += weights.production_environment
+        score += policy.risk.production_environment
     return max(0, min(100, score))
 
 

@@ -30,6 +30,7 @@ class Facts:
     write_effects: tuple[str, ...]
     """Write-class side effects: declared ones and those a matched bucket implies."""
     sensitive_tools: tuple[str, ...]
+    base_risk: int
     call_tool: str | None
     """The tool this call runs: ``context.current_tool``, else the first of ``tools``."""
 
@@ -47,6 +48,8 @@ class Classification:
     buckets: tuple[str, ...]
     write_effects: tuple[str, ...]
     sensitive_tools: tuple[str, ...]
+    base_risk: int
+    """Risk from the names alone: buckets, write-class effects, sensitive tools."""
 
 
 def classify(
@@ -66,7 +69,13 @@ def classify(
     bucket_names = tuple(b.name for b in policy.buckets if b.name in buckets)
     write = [e for e in effects if e in policy.write_class]
     write.extend(b for b in bucket_names if b not in write)
-    return Classification(tools, effects, bucket_names, tuple(write), tuple(sensitive))
+    weights = sorted((policy.bucket(b).risk_weight for b in bucket_names), reverse=True)
+    risk = weights[0] + policy.risk.extra_bucket * (len(weights) - 1) if weights else 0
+    if write:
+        risk += policy.risk.write_side_effect
+    if sensitive:
+        risk += policy.risk.sensitive_tool
+    return Classification(tools, effects, bucket_names, tuple(write), tuple(sensitive), risk)
 
 
 class Classifier:
@@ -122,5 +131,6 @@ def derive_facts(
         buckets=c.buckets,
         write_effects=c.write_effects,
         sensitive_tools=c.sensitive_tools,
+        base_risk=c.base_risk,
         call_tool=call_tool,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 DAY_INDEX = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
@@ -49,5 +50,10 @@ class CompiledWindow:
         raise ValueError(f"window `{self.name}` never opens")  # unreachable: days is non-empty
 
     def describe(self) -> str:
-        days = ",".join(k for k, v in DAY_INDEX.items() if v in self.days)
-        return f"{days} {self.start:%H:%M}-{self.end:%H:%M} {self.zone.key}"
+        return _describe(self.days, self.start, self.end, self.zone.key)
+
+
+@lru_cache(maxsize=256)
+def _describe(days: frozenset[int], start: time, end: time, zone: str) -> str:
+    names = ",".join(k for k, v in DAY_INDEX.items() if v in days)
+    return f"{names} {start:%H:%M}-{end:%H:%M} {zone}"
