@@ -15,6 +15,7 @@ import orjson
 
 from stage0 import __version__
 from stage0.cli.render import render_text
+from stage0.cli.service import audit, keys, serve
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError
 from stage0.contract.request import parse_instant
 from stage0.engine import Engine, InMemoryRunState
@@ -192,6 +193,11 @@ def schema(which: str) -> None:
     """Print the JSON Schema of the /check request or response."""
     model = CheckRequest if which == "request" else CheckResponse
     click.echo(orjson.dumps(model.model_json_schema(), option=orjson.OPT_INDENT_2))
+
+
+cli.add_command(serve)
+cli.add_command(keys)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -156,7 +156,7 @@ class Engine:
                     f"{policy.timeout_seconds * 1000:g} ms",
                 )
             return Decision(body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything, by contract
             return self._failed(
                 request, rid, now, at, input_sha256, "POLICY_EVALUATION_FAILED",
                 f"Policy evaluation failed: {str(exc)[:300] or type(exc).__name__}",

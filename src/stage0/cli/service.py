@@ -1,0 +1,226 @@
+"""Store-backed commands: ``serve``, ``keys``, ``audit``. Each takes ``--db`` (or
+``STAGE0_DATABASE_URL``); the default store is the SQLite file ``./stage0.db``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from stage0.contract.request import parse_instant
+from stage0.policy import PolicyError, load_policy
+from stage0.store import Store, ledger
+from stage0.store.database import URL_ENV, redact_url, resolve_url
+from stage0.store.keys import PLANS, SCOPES, KeyError_, bootstrap, create_key, list_keys, revoke_key
+
+DB_OPTION = click.option(
+    "--db", "db", envvar=URL_ENV, default=None,
+    help="Database URL: sqlite:///path.db or postgresql://user@host/db "
+         "(default sqlite:///./stage0.db). Env: STAGE0_DATABASE_URL.",
+)
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from None
+
+
+def _store(db: str | None) -> Store:
+    store = Store(db)
+    try:
+        store.migrate()
+    except Exception as exc:  # noqa: BLE001 - report any connection or migration failure
+        raise click.ClickException(
+            f"cannot open the store {redact_url(store.url)}: {str(exc).splitlines()[0]}"
+        ) from None
+    return store
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@DB_OPTION
+@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
+              type=click.Path(dir_okay=False), help="Policy pack YAML (default: built-in).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes.")
+@click.option("--frozen-time", "frozen_time", default=None,
+              help="Pin the evaluation clock (ISO-8601) for demos and tests; recorded on every "
+                   "decision.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="Log every HTTP request.")
+def serve(host: str, port: int, db: str | None, policy_path: str | None, workers: int,
+          frozen_time: str | None, access_log: bool) -> None:
+    """Serve the Stage0 HTTP API (POST /check, GET /usage, the decision log, health, metrics)."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    if frozen_time is not None:
+        _instant(frozen_time, "--frozen-time")
+        click.echo(click.style("warning: ", fg="yellow", bold=True)
+                   + f"the evaluation clock is frozen at {frozen_time}; every decision records "
+                     "it. Do not use this in production.", err=True)
+    try:
+        policy = load_policy(policy_path)
+        click.echo(f"policy   {policy.policy_version} ({policy.sha256[:12]})", err=True)
+    except PolicyError as exc:
+        click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)
+                   + "\nevery /check will fail closed (DENY) until the pack is fixed", err=True)
+    store = _store(db)
+    click.echo(f"store    {redact_url(store.url)}", err=True)
+    secret = bootstrap(store)
+    store.dispose()
+    if secret is not None:
+        click.echo(
+            "\n"
+            + click.style("Created tenant `default` with an admin key (shown once):", bold=True)
+            + f"\n\n    {secret}\n\n"
+            f"Try it:\n    curl -s http://{host}:{port}/check -H 'x-api-key: {secret}' "
+            "-H 'content-type: application/json' \\\n"
+            "      -d '{\"goal\": \"Refund order 1042\", \"tools\": [\"payments.refund\"], "
+            "\"side_effects\": [\"money movement\"], \"constraints\": [\"approval required\"]}'\n",
+            err=True,
+        )
+    os.environ[URL_ENV] = resolve_url(db)
+    if policy_path:
+        os.environ["STAGE0_POLICY"] = str(Path(policy_path).resolve())
+    if frozen_time:
+        os.environ["STAGE0_FROZEN_TIME"] = frozen_time
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stage0-metrics-")
+    uvicorn.run(
+        "stage0.server.app:create_app_from_env", factory=True, host=host, port=port,
+        workers=workers, access_log=access_log, log_level="info",
+    )
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@DB_OPTION
+@click.option("--tenant", required=True, help="Tenant the key belongs to (created if new).")
+@click.option("--name", required=True, help="A name for the key.")
+@click.option("--scopes", default="check", show_default=True,
+              help=f"Comma-separated scopes: {', '.join(SCOPES)}.")
+@click.option("--plan", type=click.Choice(PLANS), default="free", show_default=True)
+@click.option("--monthly-quota", type=int, default=None, help="Checks per calendar month (UTC).")
+@click.option("--daily-quota", type=int, default=None, help="Checks per day (UTC).")
+@click.option("--per-minute", type=int, default=None, help="Checks per minute.")
+@click.option("--unlimited", is_flag=True, help="No quotas (overridden by explicit ones).")
+@click.option("--principal", default=None, help="The principal (person or service) behind the key.")
+@click.option("--roles", default="", help="Comma-separated roles of the principal.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def keys_create(db: str | None, tenant: str, name: str, scopes: str, plan: str,
+                monthly_quota: int | None, daily_quota: int | None, per_minute: int | None,
+                unlimited: bool, principal: str | None, roles: str, fmt: str) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    store = _store(db)
+    try:
+        record, secret = create_key(
+            store, tenant=tenant, name=name,
+            scopes=[s.strip() for s in scopes.split(",") if s.strip()], plan=plan,
+            monthly_quota=monthly_quota, daily_quota=daily_quota, per_minute=per_minute,
+            unlimited=unlimited, principal=principal,
+            roles=[r.strip() for r in roles.split(",") if r.strip()],
+        )
+    except KeyError_ as exc:
+        raise click.UsageError(str(exc)) from None
+    if fmt == "json":
+        click.echo(orjson.dumps({**record.to_public(), "key": secret}, option=orjson.OPT_INDENT_2))
+        return
+    click.echo(f"key      {secret}")
+    click.echo(f"id       {record.id}  (tenant {record.tenant_id}, plan {record.plan}, "
+               f"scopes {','.join(record.scopes)})")
+    click.echo("This is the only time the key is shown; Stage0 keeps only its hash.", err=True)
+
+
+@keys.command("list")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def keys_list(db: str | None, tenant: str | None, fmt: str) -> None:
+    """List keys (never their secrets)."""
+    records = list_keys(_store(db), tenant)
+    if fmt == "json":
+        click.echo(orjson.dumps([r.to_public() for r in records], option=orjson.OPT_INDENT_2))
+        return
+    for r in records:
+        state = "revoked" if r.revoked_at else "active"
+        click.echo(f"{r.id}  {r.tenant_id:12} {r.name:20} {r.prefix}…  {r.plan:4} "
+                   f"{','.join(r.scopes):30} {state}")
+
+
+@keys.command("revoke")
+@DB_OPTION
+@click.argument("key_id")
+def keys_revoke(db: str | None, key_id: str) -> None:
+    """Revoke a key by id; it stops working at once, in every server process."""
+    try:
+        record = revoke_key(_store(db), key_id)
+    except KeyError_ as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"revoked {record.id} (tenant {record.tenant_id}, {record.name})")
+
+
+@click.group()
+def audit() -> None:
+    """Verify and export the hash-chained decision log."""
+
+
+@audit.command("verify")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant's chain.")
+def audit_verify(db: str | None, tenant: str | None) -> None:
+    """Recompute every chain; name each modified, inserted or deleted row. Exit 1 if any."""
+    reports = ledger.verify(_store(db), tenant)
+    broken = 0
+    for report in reports:
+        mark = click.style("ok", fg="green") if report.ok else click.style("BROKEN", fg="red")
+        click.echo(f"{report.tenant}: {report.rows} rows {mark}")
+        for problem in report.problems:
+            click.echo(f"  - {problem}")
+        broken += not report.ok
+    if not reports:
+        click.echo("no decisions logged yet")
+    sys.exit(1 if broken else 0)
+
+
+@audit.command("export")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--since", default=None, help="ISO-8601: records at or after.")
+@click.option("--until", default=None, help="ISO-8601: records before.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
+              help="File to write (default: standard output).")
+def audit_export(db: str | None, tenant: str | None, since: str | None, until: str | None,
+                 fmt: str, output: str) -> None:
+    """Stream log records as JSON lines, oldest first, with a progress bar on stderr."""
+    from tqdm import tqdm  # noqa: PLC0415 - only this command needs it
+
+    store = _store(db)
+    since_at, until_at = _instant(since, "--since"), _instant(until, "--until")
+    total = ledger.count(store, tenant)
+    out: Any = sys.stdout.buffer if output == "-" else Path(output).open("wb")  # noqa: SIM115
+    try:
+        with tqdm(total=total, unit="rec", file=sys.stderr, disable=None) as bar:
+            for record in ledger.export(store, tenant=tenant, since=since_at, until=until_at):
+                out.write(orjson.dumps(record) + b"\n")
+                bar.update(1)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()

@@ -1,0 +1,1 @@
+"""The HTTP service: the hosted-API-compatible ``/check``, usage, decisions, health and metrics."""

@@ -1,0 +1,330 @@
+"""The FastAPI application: routes, authentication, errors in one shape."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from stage0 import __version__
+from stage0.contract import CheckRequest, CheckResponse, RequestValidationError, parse_request
+from stage0.contract.request import MAX_BODY_BYTES, parse_instant
+from stage0.engine import system_clock
+from stage0.policy import CompiledPolicy, PolicyError, load_policy
+from stage0.server import metrics
+from stage0.server.pipeline import Job, Pipeline, error_body
+from stage0.store import Store, ledger
+from stage0.store.keys import ApiKey, lookup_key
+from stage0.store.schema import key_usage
+from stage0.store.usage import Counts, Windows
+
+log = logging.getLogger("stage0.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db: str | None = None
+    policy: str | None = None
+    frozen_time: str | None = None
+    environment: str = "self-hosted"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            db=os.environ.get("STAGE0_DATABASE_URL"),
+            policy=os.environ.get("STAGE0_POLICY") or None,
+            frozen_time=os.environ.get("STAGE0_FROZEN_TIME") or None,
+            environment=os.environ.get("STAGE0_ENVIRONMENT", "self-hosted"),
+        )
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        self.status, self.detail, self.extra = status, detail, extra
+
+
+def _request_id(header: str | None) -> tuple[str, bool]:
+    """The client's ``X-Request-Id`` when it is a valid UUID, else a new one."""
+    if header:
+        try:
+            return str(uuid.UUID(header.strip())), True
+        except ValueError:
+            pass
+    return str(uuid.uuid4()), False
+
+
+def _secret(request: Request) -> str:
+    key = request.headers.get("x-api-key", "")
+    if not key:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+    return key.strip()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.db)
+        store.migrate()
+        policy: CompiledPolicy | None
+        try:
+            policy = load_policy(settings.policy)
+        except PolicyError as exc:
+            log.error("%s; every /check fails closed until a valid pack is loaded", exc)
+            policy = None
+        if settings.frozen_time:
+            frozen = parse_instant(settings.frozen_time)
+            clock = lambda: frozen  # noqa: E731 - a constant clock
+            log.warning("evaluation clock frozen at %s (recorded on every decision)",
+                        settings.frozen_time)
+        else:
+            clock = system_clock
+        state.update(store=store, policy=policy, clock=clock, pipeline=Pipeline(
+            store, policy, clock=clock, frozen_time=settings.frozen_time))
+        yield
+        state["pipeline"].close()
+        store.dispose()
+
+    app = FastAPI(
+        title="Stage0",
+        version=__version__,
+        summary="Pre-execution authorization for AI agents: ALLOW, DEFER or DENY",
+        lifespan=lifespan,
+    )
+
+    # -- errors: one shape ------------------------------------------------------------------
+
+    def _error(status: int, detail: str, request: Request, **extra: Any) -> JSONResponse:
+        rid = request.headers.get("x-request-id") or str(uuid.uuid4())
+        headers = {"x-request-id": rid}
+        if "retry_after_seconds" in extra:
+            headers["retry-after"] = str(extra["retry_after_seconds"])
+        return JSONResponse(error_body(status, detail, rid, **extra), status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.detail, request, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), request)
+
+    @app.exception_handler(FastAPIValidationError)
+    async def _validation_error(request: Request, exc: FastAPIValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]) or "(request)",
+             "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"`{e['field']}`: {e['message']}" for e in errors)
+        return _error(422, f"invalid request: {detail}", request, errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return _error(500, "Internal error", request)
+
+    # -- authentication -------------------------------------------------------------------
+
+    async def authenticate(request: Request, scope: str | None = None) -> ApiKey:
+        secret = _secret(request)
+        key = await run_in_threadpool(lookup_key, state["store"], secret) if secret else None
+        if key is None:
+            raise ApiError(401, "Invalid or missing API key")
+        if scope is not None and scope not in key.scopes and "admin" not in key.scopes:
+            raise ApiError(403, f"This key lacks the `{scope}` scope")
+        return key
+
+    # -- /check -------------------------------------------------------------------------------
+
+    check_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": CheckResponse, "description": "A decision: ALLOW, DEFER or DENY"},
+        401: {"description": "Missing, invalid or revoked key"},
+        402: {"description": "Pro checks require a paid plan; monthly quota exceeded"},
+        409: {"description": "X-Request-Id reused with a different body"},
+        422: {"description": "The request does not match the contract (never an ALLOW)"},
+        429: {"description": "Per-minute or daily limit; see retry_after_seconds"},
+        503: {"description": "The service cannot decide; the body still says verdict DENY"},
+    }
+
+    @app.post(
+        "/check",
+        responses=check_responses,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": CheckRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}")}}}},
+        summary="Decide one proposed action",
+    )
+    async def check(request: Request) -> Response:
+        started = time.perf_counter()
+        rid, client_rid = _request_id(request.headers.get("x-request-id"))
+        secret = _secret(request)
+        if not secret:
+            return JSONResponse(error_body(401, "Invalid or missing API key", rid), 401,
+                                headers={"x-request-id": rid})
+        raw = await request.body()
+        parsed: CheckRequest | None = None
+        invalid: RequestValidationError | None = None
+        t0 = time.perf_counter()
+        try:
+            if len(raw) > MAX_BODY_BYTES:
+                raise RequestValidationError.single(
+                    "(body)", f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}",
+                    "too_large")
+            parsed = parse_request(raw)
+        except RequestValidationError as exc:
+            invalid = exc
+            raw = raw[:MAX_BODY_BYTES]
+        job = Job(secret=secret, raw=raw, request=parsed, invalid=invalid, request_id=rid,
+                  client_request_id=client_rid, started=started,
+                  parse_us=(time.perf_counter() - t0) * 1e6)
+        outcome = await asyncio.wrap_future(state["pipeline"].submit(job))
+        metrics.LATENCY.observe(time.perf_counter() - started)
+        content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
+        return Response(content, outcome.status, headers=outcome.headers,
+                        media_type="application/json")
+
+    # -- /usage ---------------------------------------------------------------------------
+
+    @app.get("/usage", summary="Usage of the calling key in its current windows")
+    async def usage(request: Request) -> dict[str, Any]:
+        key = await authenticate(request)
+        now = state["clock"]()
+        windows = Windows.at(now)
+
+        def read() -> Any:
+            with state["store"].connect() as conn:
+                return conn.execute(
+                    key_usage.select().with_only_columns(
+                        key_usage.c.month_key, key_usage.c.month_count, key_usage.c.day_key,
+                        key_usage.c.day_count, key_usage.c.minute_key, key_usage.c.minute_count,
+                    ).where(key_usage.c.key_id == key.id)
+                ).first()
+
+        counts = Counts.current(await run_in_threadpool(read), windows)
+
+        def remaining(quota: int | None, used: int) -> int | None:
+            return None if quota is None else max(0, quota - used)
+
+        return {
+            "request_id": _request_id(request.headers.get("x-request-id"))[0],
+            "api_key_id": key.id,
+            "plan": key.plan,
+            "month_key": windows.month,
+            "monthly_used": counts.month,
+            "monthly_quota": key.monthly_quota,
+            "monthly_remaining": remaining(key.monthly_quota, counts.month),
+            "day_key": windows.day,
+            "daily_used": counts.day,
+            "daily_quota": key.daily_quota,
+            "daily_remaining": remaining(key.daily_quota, counts.day),
+            "per_minute_limit": key.per_minute,
+            "minute_used": counts.minute,
+            "minute_remaining": remaining(key.per_minute, counts.minute),
+            "environment": settings.environment,
+            "source": "stage0-self-hosted",
+            "evaluated_at": now.timestamp(),
+        }
+
+    # -- the decision log ---------------------------------------------------------------------
+
+    @app.get("/v1/decisions/{request_id}", summary="One logged decision of the key's tenant")
+    async def get_decision(request: Request, request_id: str) -> dict[str, Any]:
+        key = await authenticate(request, "audit:read")
+        record = await run_in_threadpool(ledger.get, state["store"], key.tenant_id, request_id)
+        if record is None:
+            raise ApiError(404, f"No decision `{request_id}` in this tenant")
+        return record
+
+    @app.get("/v1/decisions", summary="Logged decisions of the key's tenant, newest first")
+    async def list_decisions(
+        request: Request,
+        verdict: Annotated[str | None, Query(pattern="^(ALLOW|DEFER|DENY|allow|defer|deny)$")]
+        = None,
+        tool: str | None = None,
+        bucket: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        key = await authenticate(request, "audit:read")
+        try:
+            since_at = parse_instant(since) if since else None
+            until_at = parse_instant(until) if until else None
+        except ValueError as exc:
+            raise ApiError(422, f"invalid request: {exc}") from None
+        before: int | None = None
+        if cursor:
+            try:
+                before = int(cursor)
+            except ValueError:
+                raise ApiError(422, "invalid request: `cursor` is not a cursor from a previous "
+                                    "page") from None
+        items, next_id = await run_in_threadpool(
+            lambda: ledger.search(
+                state["store"], key.tenant_id, verdict=verdict, tool=tool, bucket=bucket,
+                since=since_at, until=until_at, limit=limit, before_id=before,
+            )
+        )
+        return {"items": items, "next_cursor": None if next_id is None else str(next_id)}
+
+    # -- operations -------------------------------------------------------------------------
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", summary="Readiness: policy loaded and store writable")
+    async def readyz() -> JSONResponse:
+        problems = []
+        policy: CompiledPolicy | None = state.get("policy")
+        if policy is None:
+            problems.append("no policy pack is loaded")
+
+        def writable() -> None:
+            with state["store"].begin() as conn:
+                conn.exec_driver_sql("UPDATE chain_heads SET seq = seq WHERE 1 = 0")
+
+        try:
+            await run_in_threadpool(writable)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            problems.append(f"the store is not writable: {str(exc).splitlines()[0][:200]}")
+        body = {
+            "status": "ready" if not problems else "not ready",
+            "policy_version": policy.policy_version if policy else None,
+            "problems": problems,
+            "frozen_time": settings.frozen_time,
+        }
+        return JSONResponse(body, 200 if not problems else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory`` and the workers of ``stage0 serve``."""
+    return create_app(Settings.from_env())
+
+

@@ -1,0 +1,58 @@
+"""Prometheus metrics. With several workers, prometheus_client's multiprocess mode aggregates
+them (``stage0 serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` for its workers)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+DECISIONS = Counter(
+    "stage0_decisions_total", "Answered /check requests by verdict and bucket",
+    ["verdict", "bucket"],
+)
+FAIL_CLOSED = Counter(
+    "stage0_fail_closed_total", "Answers that failed closed (DENY with decision ERROR or 503)",
+    ["reason"],
+)
+REFUSED = Counter("stage0_refused_total", "Requests refused by quota or plan", ["status"])
+LATENCY = Histogram(
+    "stage0_check_seconds", "Latency of /check, request received to answer ready",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+COMMIT_SECONDS = Histogram(
+    "stage0_audit_commit_seconds", "Time to commit one batch of the decision log",
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+BATCH_SIZE = Histogram(
+    "stage0_audit_batch_size", "Decisions per committed batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUE_DEPTH = Gauge(
+    "stage0_audit_queue_depth", "Requests waiting for the decision log writer",
+    multiprocess_mode="livesum",
+)
+
+
+def count_answer(verdict: str, buckets: list[str], *, fail_closed: bool = False) -> None:
+    """Count one logged answer (a 422 rejection counts as DENY with bucket ``none``)."""
+    for bucket in buckets or ["none"]:
+        DECISIONS.labels(verdict=verdict, bucket=bucket).inc()
+    if fail_closed:
+        FAIL_CLOSED.labels(reason="evaluation").inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,329 @@
+"""The decision pipeline: authenticate, meter, evaluate and log, with group commit.
+
+HTTP handlers put jobs on a queue; one writer thread per server process takes them in batches
+and, in one database transaction per batch, for each job: looks up its key, replays or refuses
+a repeated request id, applies quotas, evaluates (run state read and written in the same
+transaction) and appends the decision to the tenant's hash chain. Only after the COMMIT are the
+answers released, so no answer leaves that is not in the log, and one fsync covers the batch.
+
+Across processes the transaction is the lock: ``BEGIN IMMEDIATE`` on SQLite, per-tenant
+``pg_advisory_xact_lock`` on PostgreSQL. If the transaction fails (store unreachable, disk
+full), every job of the batch gets a 503 whose body still says ``verdict: DENY``; the next
+batch opens a fresh connection, so the service recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from stage0.contract import CODES, CheckRequest, RequestValidationError
+from stage0.engine import Engine
+from stage0.policy import CompiledPolicy, normalize_name
+from stage0.server import metrics
+from stage0.store import ledger
+from stage0.store.database import Store
+from stage0.store.keys import ApiKey, hash_key
+from stage0.store.redact import redact
+from stage0.store.runstate import TransactionRunState
+from stage0.store.usage import Counts, Windows, check_quota
+
+log = logging.getLogger("stage0.pipeline")
+
+SELECT_KEY = (
+    "SELECT id, tenant_id, name, prefix, scopes, plan, monthly_quota, daily_quota, per_minute, "
+    "principal, roles, created_at, revoked_at FROM api_keys WHERE key_hash = :h"
+)
+SELECT_USAGE = (
+    "SELECT month_key, month_count, day_key, day_count, minute_key, minute_count "
+    "FROM key_usage WHERE key_id = :k"
+)
+UPSERT_USAGE = (
+    "INSERT INTO key_usage (key_id, month_key, month_count, day_key, day_count, minute_key, "
+    "minute_count) VALUES (:k, :mk, :mc, :dk, :dc, :nk, :nc) ON CONFLICT (key_id) DO UPDATE SET "
+    "month_key = excluded.month_key, month_count = excluded.month_count, "
+    "day_key = excluded.day_key, day_count = excluded.day_count, "
+    "minute_key = excluded.minute_key, minute_count = excluded.minute_count"
+)
+SELECT_BY_REQUEST = (
+    "SELECT input_sha256, response, http_status FROM decisions "
+    "WHERE tenant_id = :t AND request_id = :r"
+)
+_KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_quota",
+                "daily_quota", "per_minute", "principal", "roles", "created_at", "revoked_at")
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    body: dict[str, Any] | bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Job:
+    secret: str
+    raw: bytes
+    request: CheckRequest | None
+    invalid: RequestValidationError | None
+    request_id: str
+    client_request_id: bool
+    started: float
+    future: Future[Outcome] = field(default_factory=Future)
+    key: ApiKey | None = None
+    parse_us: float = 0.0
+
+
+def error_body(status: int, detail: str, request_id: str, **extra: Any) -> dict[str, Any]:
+    """The one error shape: ``{"detail", "request_id", ...}`` (CONTRACT section 8)."""
+    return {"detail": detail, "request_id": request_id, **extra}
+
+
+def fail_closed_body(request_id: str, detail: str, policy_version: str) -> dict[str, Any]:
+    issue = CODES["POLICY_EVALUATION_FAILED"].issue(detail)
+    return error_body(
+        503, detail, request_id, verdict="DENY", decision="ERROR",
+        issues=[issue.to_dict()], policy_version=policy_version,
+    )
+
+
+class Pipeline:
+    """One writer thread; :meth:`submit` returns a future resolved after the batch commits."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: CompiledPolicy | None,
+        *,
+        clock: Callable[[], datetime],
+        frozen_time: str | None = None,
+        batch_max: int = 256,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.frozen_time = frozen_time
+        self.batch_max = batch_max
+        self.run_state = TransactionRunState(store)
+        self.engine = Engine(policy, run_state=self.run_state, clock=clock)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._conn: Any = None
+        self._sql = {name: store.sql(text) for name, text in {
+            "key": SELECT_KEY, "usage": SELECT_USAGE, "upsert_usage": UPSERT_USAGE,
+            "by_request": SELECT_BY_REQUEST}.items()}
+        self._thread = threading.Thread(target=self._run, name="stage0-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def policy_version(self) -> str:
+        return self.policy.policy_version if self.policy is not None else "none"
+
+    def submit(self, job: Job) -> Future[Outcome]:
+        self._queue.put(job)
+        metrics.QUEUE_DEPTH.inc()
+        return job.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._drop_connection()
+
+    # -- the writer -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < self.batch_max:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            metrics.QUEUE_DEPTH.dec(len(batch))
+            self._process(batch)
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.store.engine.raw_connection()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception:
+                log.debug("invalidating a broken connection failed", exc_info=True)
+
+    def _process(self, batch: list[Job]) -> None:
+        outcomes: list[Outcome] = []
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            try:
+                if self.store.dialect == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                for job in batch:
+                    job.key = self._lookup_key(cur, job.secret)
+                if self.store.dialect == "postgresql":
+                    for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
+                        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
+                self.run_state.cursor = cur
+                chains: dict[str, ledger.ChainCursor] = {}
+                outcomes = [self._handle(cur, job, chains) for job in batch]
+                for tenant, chain in chains.items():
+                    ledger.save_head(self.store, cur, tenant, chain)
+                started = time.perf_counter()
+                conn.commit()
+                metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+                metrics.BATCH_SIZE.observe(len(batch))
+            finally:
+                self.run_state.cursor = None
+                cur.close()
+        except Exception as exc:  # noqa: BLE001 - any store failure fails the batch closed
+            log.error("decision log unavailable, failing %d request(s) closed: %s",
+                      len(batch), exc)
+            try:
+                if self._conn is not None:
+                    self._conn.rollback()
+            except Exception:
+                log.debug("rollback failed", exc_info=True)
+            self._drop_connection()
+            metrics.FAIL_CLOSED.labels(reason="store").inc(len(batch))
+            outcomes = [
+                Outcome(503, fail_closed_body(
+                    job.request_id, "The decision log is unavailable; failing closed",
+                    self.policy_version))
+                for job in batch
+            ]
+        for job, outcome in zip(batch, outcomes, strict=True):
+            outcome.headers.setdefault("x-request-id", job.request_id)
+            job.future.set_result(outcome)
+
+    def _lookup_key(self, cur: Any, secret: str) -> ApiKey | None:
+        if not secret:
+            return None
+        cur.execute(self._sql["key"], {"h": hash_key(secret)})
+        row = cur.fetchone()
+        if row is None or row[12] is not None:
+            return None
+        return ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
+
+    def _handle(self, cur: Any, job: Job, chains: dict[str, ledger.ChainCursor]) -> Outcome:
+        key, rid = job.key, job.request_id
+        if key is None:
+            return Outcome(401, error_body(401, "Invalid or missing API key", rid))
+        if "check" not in key.scopes:
+            return Outcome(403, error_body(403, "This key lacks the `check` scope", rid))
+        now = self.clock()
+        tenant = key.tenant_id
+        if job.client_request_id:
+            cur.execute(self._sql["by_request"], {"t": tenant, "r": rid})
+            previous = cur.fetchone()
+            if previous is not None:
+                if previous[0] != hashlib.sha256(job.raw).hexdigest():
+                    return Outcome(409, error_body(
+                        409, f"Request id `{rid}` was already used with a different body", rid))
+                body = orjson.loads(previous[1])
+                if isinstance(body, dict) and "verdict" in body and previous[2] == 200:
+                    body["cached"] = True
+                return Outcome(int(previous[2]), body, {"idempotent-replay": "true"})
+        chain = chains.get(tenant)
+        if chain is None:
+            chain = chains[tenant] = ledger.read_head(self.store, cur, tenant)
+
+        if job.invalid is not None or job.request is None:
+            assert job.invalid is not None
+            body = {**job.invalid.to_dict(), "request_id": rid, "verdict": "DENY",
+                    "decision": "NO_GO"}
+            self._log(cur, chain, job, key, now, 422, "rejected", body, None)
+            metrics.count_answer("DENY", [])
+            return Outcome(422, body)
+
+        request = job.request
+        if request.pro and key.plan != "pro":
+            return Outcome(402, error_body(402, "Pro checks require a paid plan", rid))
+        windows = Windows.at(now)
+        cur.execute(self._sql["usage"], {"k": key.id})
+        counts = Counts.current(cur.fetchone(), windows)
+        refusal = check_quota(counts, windows, monthly=key.monthly_quota,
+                              daily=key.daily_quota, per_minute=key.per_minute)
+        if refusal is not None:
+            metrics.REFUSED.labels(status=str(refusal.status)).inc()
+            if refusal.retry_after is not None:
+                return Outcome(
+                    429,
+                    error_body(429, refusal.detail, rid, retry_after_seconds=refusal.retry_after),
+                    {"retry-after": str(refusal.retry_after)},
+                )
+            return Outcome(refusal.status, error_body(refusal.status, refusal.detail, rid))
+        cur.execute(self._sql["upsert_usage"], {
+            "k": key.id, "mk": windows.month, "mc": counts.month + 1, "dk": windows.day,
+            "dc": counts.day + 1, "nk": windows.minute, "nc": counts.minute + 1})
+
+        started = time.perf_counter()
+        decision = self.engine.evaluate(
+            request, at=now, request_id=rid, tenant=tenant,
+            input_sha256=hashlib.sha256(job.raw).hexdigest(),
+        )
+        eval_us = (time.perf_counter() - started) * 1e6
+        body = decision.body
+        self._log(cur, chain, job, key, now, 200, "decision", body, eval_us)
+        metrics.count_answer(body["verdict"], body["buckets"],
+                             fail_closed=body["decision"] == "ERROR")
+        return Outcome(200, decision.to_json())
+
+    def _log(
+        self, cur: Any, chain: ledger.ChainCursor, job: Job, key: ApiKey, now: datetime,
+        status: int, kind: str, body: dict[str, Any], eval_us: float | None,
+    ) -> None:
+        try:
+            request_obj = orjson.loads(job.raw)
+        except orjson.JSONDecodeError:
+            request_obj = {"_unparsed": job.raw[:4096].decode("utf-8", "replace")}
+        redacted, masked = redact(request_obj)
+        record = {
+            "tenant_id": key.tenant_id,
+            "request_id": job.request_id,
+            "key_id": key.id,
+            "kind": kind,
+            "http_status": status,
+            "verdict": body.get("verdict", "DENY"),
+            "decision": body.get("decision", "NO_GO"),
+            "policy_version": self.policy_version,
+            "policy_sha256": self.policy.sha256 if self.policy is not None else "",
+            "input_sha256": hashlib.sha256(job.raw).hexdigest(),
+            "action_digest": body.get("action_digest", ""),
+            "environment": body.get("environment"),
+            "tools": orjson.dumps(
+                sorted({normalize_name(t) for t in job.request.tools or []}) if job.request else []
+            ).decode(),
+            "buckets": orjson.dumps(body.get("buckets", [])).decode(),
+            "request": orjson.dumps(redacted).decode(),
+            "redacted_paths": orjson.dumps(masked).decode(),
+            "response": orjson.dumps(body).decode(),
+            "frozen_time": self.frozen_time,
+            "timings": orjson.dumps({
+                "parse_us": round(job.parse_us, 1),
+                "eval_us": None if eval_us is None else round(eval_us, 1),
+                "queued_us": round((time.perf_counter() - job.started) * 1e6, 1),
+            }).decode(),
+            "created_us": int(now.timestamp() * 1_000_000),
+        }
+        ledger.append(self.store, cur, chain, record)

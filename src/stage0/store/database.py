@@ -1,0 +1,120 @@
+"""The store: one SQLAlchemy engine for SQLite or PostgreSQL, migrated with Alembic.
+
+The hot path (the decision pipeline) runs on raw DB-API connections from the same pool with
+hand-prepared statements: SQLAlchemy's per-statement overhead would cost more than the SQL.
+Everything else uses SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+
+DEFAULT_URL = "sqlite:///./stage0.db"
+URL_ENV = "STAGE0_DATABASE_URL"
+
+_NAMED = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
+
+
+def resolve_url(url: str | None = None) -> str:
+    """``--db``, else ``$STAGE0_DATABASE_URL``, else ``sqlite:///./stage0.db``.
+
+    ``postgresql://`` and ``postgres://`` URLs use the psycopg (v3) driver.
+    """
+    url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact_url(url: str) -> str:
+    return re.sub(r"://([^:/@]+):([^@]+)@", r"://\1:***@", url)
+
+
+class Store:
+    """A database Stage0 keeps its keys, usage, run state and decision log in."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = resolve_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        if self.dialect == "sqlite":
+            self.engine: Engine = create_engine(
+                self.url,
+                connect_args={"timeout": 5, "isolation_level": None,
+                              "check_same_thread": False},
+                pool_pre_ping=True,
+            )
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine, "begin", _sqlite_on_begin)
+        else:
+            self.engine = create_engine(
+                self.url, pool_pre_ping=True, pool_size=4, max_overflow=4,
+                connect_args={"connect_timeout": 5},
+            )
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration (idempotent)."""
+        config = Config()
+        config.set_main_option(
+            "script_location", str(resources.files("stage0.store").joinpath("migrations"))
+        )
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Several server processes may start at once: migrate one at a time.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(515151)")
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def connect(self) -> Connection:
+        return self.engine.connect()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def raw(self) -> Iterator[Any]:
+        """A raw DB-API connection from the pool (returned to it afterwards)."""
+        conn = self.engine.raw_connection()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def sql(self, statement: str) -> str:
+        """Adapt a statement written with ``:name`` parameters to the driver's style."""
+        if self.dialect == "sqlite":
+            return statement
+        return _NAMED.sub(r"%(\1)s", statement)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a committed decision survives power loss
+    busy_ms = int(os.environ.get("STAGE0_SQLITE_BUSY_TIMEOUT_MS", "5000"))
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,264 @@
+"""The decision log: every answered request, hash-chained per tenant, and its verification.
+
+Each row's ``row_hash`` is the SHA-256 of the RFC 8785 canonical JSON of the row's recorded
+fields, ``prev_hash`` (the previous row's hash in the tenant's chain) included; ``seq`` numbers
+the chain 1, 2, 3… and ``chain_heads`` keeps the newest ``(seq, row_hash)`` of each tenant.
+``verify`` recomputes every chain: a modified row breaks its own hash, an inserted or reordered
+row breaks the link, a deleted row leaves a gap in ``seq`` or a head that points past the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, select
+
+from stage0.engine.digest import canonical_json, sha256_hex
+from stage0.store.database import Store
+from stage0.store.schema import chain_heads, decisions
+
+GENESIS = "0" * 64
+
+HASHED_FIELDS = (
+    "tenant_id", "seq", "request_id", "key_id", "kind", "http_status", "verdict", "decision",
+    "policy_version", "policy_sha256", "input_sha256", "action_digest", "environment", "tools",
+    "buckets", "request", "redacted_paths", "response", "frozen_time", "timings", "created_us",
+    "prev_hash",
+)
+
+
+def row_hash(record: dict[str, Any]) -> str:
+    return sha256_hex(canonical_json({k: record[k] for k in HASHED_FIELDS}))
+
+
+@dataclass(slots=True)
+class ChainCursor:
+    """A tenant's chain head while a batch appends to it."""
+
+    seq: int
+    head: str
+    dirty: bool = False
+
+
+def read_head(store: Store, cursor: Any, tenant: str) -> ChainCursor:
+    cursor.execute(
+        store.sql("SELECT seq, row_hash FROM chain_heads WHERE tenant_id = :t"), {"t": tenant}
+    )
+    row = cursor.fetchone()
+    return ChainCursor(0, GENESIS) if row is None else ChainCursor(int(row[0]), row[1])
+
+
+INSERT_DECISION = (
+    "INSERT INTO decisions (tenant_id, seq, request_id, key_id, kind, http_status, verdict, "
+    "decision, policy_version, policy_sha256, input_sha256, action_digest, environment, tools, "
+    "buckets, request, redacted_paths, response, frozen_time, timings, created_us, prev_hash, "
+    "row_hash) VALUES (:tenant_id, :seq, :request_id, :key_id, :kind, :http_status, :verdict, "
+    ":decision, :policy_version, :policy_sha256, :input_sha256, :action_digest, :environment, "
+    ":tools, :buckets, :request, :redacted_paths, :response, :frozen_time, :timings, "
+    ":created_us, :prev_hash, :row_hash)"
+)
+UPSERT_HEAD = (
+    "INSERT INTO chain_heads (tenant_id, seq, row_hash) VALUES (:t, :seq, :h) "
+    "ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, row_hash = excluded.row_hash"
+)
+
+
+def append(store: Store, cursor: Any, chain: ChainCursor, record: dict[str, Any]) -> None:
+    """Insert ``record`` (all fields but seq, prev_hash, row_hash) as the chain's next row."""
+    chain.seq += 1
+    record["seq"] = chain.seq
+    record["prev_hash"] = chain.head
+    record["row_hash"] = digest = row_hash(record)
+    cursor.execute(store.sql(INSERT_DECISION), record)
+    chain.head = digest
+    chain.dirty = True
+
+
+def save_head(store: Store, cursor: Any, tenant: str, chain: ChainCursor) -> None:
+    if chain.dirty:
+        cursor.execute(store.sql(UPSERT_HEAD), {"t": tenant, "seq": chain.seq, "h": chain.head})
+        chain.dirty = False
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TenantReport:
+    tenant: str
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(store: Store, tenant: str | None = None) -> list[TenantReport]:
+    """Recompute every tenant's chain (or one tenant's) and name each broken row."""
+    with store.connect() as conn:
+        heads = {r.tenant_id: (r.seq, r.row_hash) for r in conn.execute(select(chain_heads))}
+        tenant_ids = sorted(
+            set(heads) | {r[0] for r in conn.execute(select(decisions.c.tenant_id).distinct())}
+        )
+        if tenant is not None:
+            tenant_ids = [tenant]
+        reports = []
+        for t in tenant_ids:
+            report = TenantReport(t)
+            expected_seq, prev = 1, GENESIS
+            rows = conn.execute(
+                select(decisions).where(decisions.c.tenant_id == t).order_by(decisions.c.seq)
+            )
+            for row in rows:
+                record = dict(row._mapping)
+                report.rows += 1
+                seq = record["seq"]
+                if seq > expected_seq:
+                    report.problems.append(
+                        f"seq {expected_seq}..{seq - 1} missing before request "
+                        f"`{record['request_id']}`: rows were deleted"
+                    )
+                elif seq < expected_seq:
+                    report.problems.append(f"seq {seq} out of order: a row was inserted")
+                if record["prev_hash"] != prev:
+                    report.problems.append(
+                        f"seq {seq} (request `{record['request_id']}`) does not link to the row "
+                        "before it: a row was inserted, deleted or reordered"
+                    )
+                if row_hash(record) != record["row_hash"]:
+                    report.problems.append(
+                        f"seq {seq} (request `{record['request_id']}`) was modified: its content "
+                        "no longer matches its hash"
+                    )
+                expected_seq, prev = seq + 1, record["row_hash"]
+            head = heads.get(t)
+            last_seq = expected_seq - 1
+            if head is None and report.rows:
+                report.problems.append("the chain head is missing")
+            elif head is not None and head[0] > last_seq:
+                report.problems.append(
+                    f"seq {last_seq + 1}..{head[0]} missing at the end: rows were deleted"
+                )
+            elif head is not None and head[0] < last_seq:
+                report.problems.append(
+                    f"seq {head[0] + 1}..{last_seq} are past the chain head: rows were inserted"
+                )
+            elif head is not None and head[1] != prev:
+                report.problems.append("the newest row does not match the chain head")
+            reports.append(report)
+        return reports
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def to_record(row: Any) -> dict[str, Any]:
+    """A log row as the API and the export show it (JSON columns decoded)."""
+    m = dict(row._mapping)
+    return {
+        "request_id": m["request_id"],
+        "tenant": m["tenant_id"],
+        "seq": m["seq"],
+        "created_at": m["created_us"] / 1e6,
+        "kind": m["kind"],
+        "http_status": m["http_status"],
+        "verdict": m["verdict"],
+        "decision": m["decision"],
+        "policy_version": m["policy_version"],
+        "policy_sha256": m["policy_sha256"],
+        "input_sha256": m["input_sha256"],
+        "action_digest": m["action_digest"],
+        "environment": m["environment"],
+        "tools": orjson.loads(m["tools"]),
+        "buckets": orjson.loads(m["buckets"]),
+        "key_id": m["key_id"],
+        "request": orjson.loads(m["request"]),
+        "redacted_paths": orjson.loads(m["redacted_paths"]),
+        "response": orjson.loads(m["response"]),
+        "frozen_time": m["frozen_time"],
+        "timings": orjson.loads(m["timings"]),
+        "prev_hash": m["prev_hash"],
+        "row_hash": m["row_hash"],
+    }
+
+
+def get(store: Store, tenant: str, request_id: str) -> dict[str, Any] | None:
+    with store.connect() as conn:
+        row = conn.execute(
+            select(decisions).where(
+                and_(decisions.c.tenant_id == tenant, decisions.c.request_id == request_id)
+            )
+        ).first()
+    return None if row is None else to_record(row)
+
+
+def search(
+    store: Store,
+    tenant: str,
+    *,
+    verdict: str | None = None,
+    tool: str | None = None,
+    bucket: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Newest first; returns the page and the id to continue before (``None`` at the end)."""
+    query = select(decisions).where(decisions.c.tenant_id == tenant)
+    if verdict:
+        query = query.where(decisions.c.verdict == verdict.upper())
+    if tool:
+        query = query.where(decisions.c.tools.contains(orjson.dumps(tool).decode()))
+    if bucket:
+        query = query.where(decisions.c.buckets.contains(orjson.dumps(bucket).decode()))
+    if since:
+        query = query.where(decisions.c.created_us >= int(since.timestamp() * 1e6))
+    if until:
+        query = query.where(decisions.c.created_us < int(until.timestamp() * 1e6))
+    if before_id is not None:
+        query = query.where(decisions.c.id < before_id)
+    query = query.order_by(decisions.c.id.desc()).limit(limit + 1)
+    with store.connect() as conn:
+        rows = list(conn.execute(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [to_record(r) for r in rows], (rows[-1].id if more and rows else None)
+
+
+def export(
+    store: Store, *, tenant: str | None, since: datetime | None, until: datetime | None,
+    batch: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Every record, oldest first, streamed in batches."""
+    last_id = 0
+    while True:
+        query = select(decisions).where(decisions.c.id > last_id)
+        if tenant is not None:
+            query = query.where(decisions.c.tenant_id == tenant)
+        if since:
+            query = query.where(decisions.c.created_us >= int(since.timestamp() * 1e6))
+        if until:
+            query = query.where(decisions.c.created_us < int(until.timestamp() * 1e6))
+        with store.connect() as conn:
+            rows = list(conn.execute(query.order_by(decisions.c.id).limit(batch)))
+        if not rows:
+            return
+        for row in rows:
+            yield to_record(row)
+        last_id = rows[-1].id
+
+
+def count(store: Store, tenant: str | None = None) -> int:
+    from sqlalchemy import func  # noqa: PLC0415 - only here
+
+    query = select(func.count()).select_from(decisions)
+    if tenant is not None:
+        query = query.where(decisions.c.tenant_id == tenant)
+    with store.connect() as conn:
+        return int(conn.execute(query).scalar_one())

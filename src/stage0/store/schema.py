@@ -1,0 +1,110 @@
+"""The tables, as SQLAlchemy Core metadata. Migrations in ``migrations/versions`` create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(100), ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("plan", String(20), nullable=False),
+    Column("monthly_quota", Integer),
+    Column("daily_quota", Integer),
+    Column("per_minute", Integer),
+    Column("principal", String(200)),
+    Column("roles", Text, nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
+    Column("month_key", String(7), nullable=False),
+    Column("month_count", Integer, nullable=False),
+    Column("day_key", String(10), nullable=False),
+    Column("day_count", Integer, nullable=False),
+    Column("minute_key", String(16), nullable=False),
+    Column("minute_count", Integer, nullable=False),
+)
+
+run_state = Table(
+    "run_state",
+    metadata,
+    Column("tenant_id", String(100), primary_key=True),
+    Column("run_id", String(200), primary_key=True),
+    Column("iterations", Integer, nullable=False),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("recent_tools", Text, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("tenant_id", String(100), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("key_id", String(40)),
+    Column("kind", String(20), nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Column("verdict", String(10), nullable=False),
+    Column("decision", String(10), nullable=False),
+    Column("policy_version", String(200), nullable=False),
+    Column("policy_sha256", String(64), nullable=False),
+    Column("input_sha256", String(64), nullable=False),
+    Column("action_digest", String(64), nullable=False),
+    Column("environment", String(200)),
+    Column("tools", Text, nullable=False),
+    Column("buckets", Text, nullable=False),
+    Column("request", Text, nullable=False),
+    Column("redacted_paths", Text, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("frozen_time", String(40)),
+    Column("timings", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    UniqueConstraint("tenant_id", "seq", name="uq_decisions_tenant_seq"),
+    UniqueConstraint("tenant_id", "request_id", name="uq_decisions_tenant_request"),
+    Index("ix_decisions_tenant_created", "tenant_id", "created_us"),
+)
+
+chain_heads = Table(
+    "chain_heads",
+    metadata,
+    Column("tenant_id", String(100), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("row_hash", String(64), nullable=False),
+)
