@@ -1,10 +1,11 @@
-# One command each: `make run` (set up and decide a worked example), `make test`.
+# One command each: `make serve` (set up and serve on SQLite), `make test`; `make run` decides
+# two worked examples on the command line.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup serve run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+serve: setup
+	$(BIN)/stage0 serve
 
 run: setup
 	$(BIN)/stage0 policy show
@@ -31,6 +35,7 @@ test: lint
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/http.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -103,6 +103,28 @@ def test_every_constraint_key_and_alias_is_documented(key: str) -> None:
             assert f"`{alias}`" in row, f"alias {alias} of {key} is not documented"
 
 
+def test_every_route_is_documented() -> None:
+    from stage0.server.app import create_app  # noqa: PLC0415 - only this test needs it
+
+    text = (DOCS / "http.md").read_text("utf-8")
+    for route in create_app().routes:
+        path = getattr(route, "path", "")
+        if path.startswith("/docs") or path == "/redoc":
+            continue
+        for method in sorted(getattr(route, "methods", set()) - {"HEAD", "OPTIONS"}):
+            assert f"## `{method} {path}`" in text or f"`{method} {path}`" in text, (
+                f"{method} {path} is not documented in docs/http.md")
+
+
+def test_every_environment_variable_is_documented() -> None:
+    text = (DOCS / "settings.md").read_text("utf-8")
+    source = "\n".join(p.read_text("utf-8") for p in (DOCS.parent / "src").rglob("*.py"))
+    names = set(re.findall(r"\b(STAGE0_[A-Z_]+|PROMETHEUS_MULTIPROC_DIR)\b", source))
+    assert names
+    for name in sorted(names):
+        assert f"`{name}`" in text, f"{name} is not documented in docs/settings.md"
+
+
 def test_changelog_and_readme_exist() -> None:
     root = DOCS.parent
     assert (root / "CHANGELOG.md").read_text("utf-8").startswith("# Changelog")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,15 +37,20 @@ def _instant(value: str | None, name: str) -> datetime | None:
         raise click.BadParameter(str(exc), param_hint=name) from None
 
 
-def _store(db: str | None) -> Store:
+@contextmanager
+def _store(db: str | None) -> Iterator[Store]:
+    """The store, migrated; its connections are closed when the command is done."""
     store = Store(db)
     try:
-        store.migrate()
-    except Exception as exc:  # noqa: BLE001 - report any connection or migration failure
-        raise click.ClickException(
-            f"cannot open the store {redact_url(store.url)}: {str(exc).splitlines()[0]}"
-        ) from None
-    return store
+        try:
+            store.migrate()
+        except Exception as exc:  # noqa: BLE001 - report any connection or migration failure
+            raise click.ClickException(
+                f"cannot open the store {redact_url(store.url)}: {str(exc).splitlines()[0]}"
+            ) from None
+        yield store
+    finally:
+        store.dispose()
 
 
 @click.command()
@@ -75,10 +82,9 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
     except PolicyError as exc:
         click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)
                    + "\nevery /check will fail closed (DENY) until the pack is fixed", err=True)
-    store = _store(db)
-    click.echo(f"store    {redact_url(store.url)}", err=True)
-    secret = bootstrap(store)
-    store.dispose()
+    with _store(db) as store:
+        click.echo(f"store    {redact_url(store.url)}", err=True)
+        secret = bootstrap(store)
     if secret is not None:
         click.echo(
             "\n"
@@ -127,15 +133,15 @@ def keys_create(db: str | None, tenant: str, name: str, scopes: str, plan: str,
                 monthly_quota: int | None, daily_quota: int | None, per_minute: int | None,
                 unlimited: bool, principal: str | None, roles: str, fmt: str) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    store = _store(db)
     try:
-        record, secret = create_key(
-            store, tenant=tenant, name=name,
-            scopes=[s.strip() for s in scopes.split(",") if s.strip()], plan=plan,
-            monthly_quota=monthly_quota, daily_quota=daily_quota, per_minute=per_minute,
-            unlimited=unlimited, principal=principal,
-            roles=[r.strip() for r in roles.split(",") if r.strip()],
-        )
+        with _store(db) as store:
+            record, secret = create_key(
+                store, tenant=tenant, name=name,
+                scopes=[s.strip() for s in scopes.split(",") if s.strip()], plan=plan,
+                monthly_quota=monthly_quota, daily_quota=daily_quota, per_minute=per_minute,
+                unlimited=unlimited, principal=principal,
+                roles=[r.strip() for r in roles.split(",") if r.strip()],
+            )
     except KeyError_ as exc:
         raise click.UsageError(str(exc)) from None
     if fmt == "json":
@@ -154,7 +160,8 @@ def keys_create(db: str | None, tenant: str, name: str, scopes: str, plan: str,
               show_default=True)
 def keys_list(db: str | None, tenant: str | None, fmt: str) -> None:
     """List keys (never their secrets)."""
-    records = list_keys(_store(db), tenant)
+    with _store(db) as store:
+        records = list_keys(store, tenant)
     if fmt == "json":
         click.echo(orjson.dumps([r.to_public() for r in records], option=orjson.OPT_INDENT_2))
         return
@@ -170,7 +177,8 @@ def keys_list(db: str | None, tenant: str | None, fmt: str) -> None:
 def keys_revoke(db: str | None, key_id: str) -> None:
     """Revoke a key by id; it stops working at once, in every server process."""
     try:
-        record = revoke_key(_store(db), key_id)
+        with _store(db) as store:
+            record = revoke_key(store, key_id)
     except KeyError_ as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"revoked {record.id} (tenant {record.tenant_id}, {record.name})")
@@ -186,7 +194,8 @@ def audit() -> None:
 @click.option("--tenant", default=None, help="Only this tenant's chain.")
 def audit_verify(db: str | None, tenant: str | None) -> None:
     """Recompute every chain; name each modified, inserted or deleted row. Exit 1 if any."""
-    reports = ledger.verify(_store(db), tenant)
+    with _store(db) as store:
+        reports = ledger.verify(store, tenant)
     broken = 0
     for report in reports:
         mark = click.style("ok", fg="green") if report.ok else click.style("BROKEN", fg="red")
@@ -212,15 +221,15 @@ def audit_export(db: str | None, tenant: str | None, since: str | None, until: s
     """Stream log records as JSON lines, oldest first, with a progress bar on stderr."""
     from tqdm import tqdm  # noqa: PLC0415 - only this command needs it
 
-    store = _store(db)
     since_at, until_at = _instant(since, "--since"), _instant(until, "--until")
-    total = ledger.count(store, tenant)
-    out: Any = sys.stdout.buffer if output == "-" else Path(output).open("wb")  # noqa: SIM115
-    try:
-        with tqdm(total=total, unit="rec", file=sys.stderr, disable=None) as bar:
-            for record in ledger.export(store, tenant=tenant, since=since_at, until=until_at):
-                out.write(orjson.dumps(record) + b"\n")
-                bar.update(1)
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
+    with _store(db) as store:
+        total = ledger.count(store, tenant)
+        out: Any = sys.stdout.buffer if output == "-" else Path(output).open("wb")  # noqa: SIM115
+        try:
+            with tqdm(total=total, unit="rec", file=sys.stderr, disable=None) as bar:
+                for record in ledger.export(store, tenant=tenant, since=since_at, until=until_at):
+                    out.write(orjson.dumps(record) + b"\n")
+                    bar.update(1)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
