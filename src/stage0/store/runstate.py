@@ -27,7 +27,8 @@ class TransactionRunState:
     """A :class:`~stage0.engine.RunState` on the cursor of the current transaction.
 
     The decision pipeline holds the tenant's write lock for the whole transaction, so the
-    read-modify-write below is atomic across threads and server processes.
+    read-modify-write below is atomic across threads and server processes. Runs touched by a
+    batch are read once, kept in memory for the batch, and written back by :meth:`flush`.
     """
 
     def __init__(self, store: Store) -> None:
@@ -35,6 +36,24 @@ class TransactionRunState:
         self._select = store.sql(SELECT)
         self._upsert = store.sql(UPSERT)
         self.cursor: Any = None
+        self._runs: dict[tuple[str, str], list[Any]] = {}
+
+    def begin(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self._runs = {}
+
+    def end(self) -> None:
+        self.cursor = None
+        self._runs = {}
+
+    def flush(self) -> None:
+        """Write every run this batch changed (one statement for all of them)."""
+        if self._runs:
+            self.cursor.executemany(self._upsert, [
+                {"t": t, "r": r, "i": i, "f": f, "tools": orjson.dumps(tools).decode(),
+                 "c": c, "u": u}
+                for (t, r), (i, f, tools, c, u) in self._runs.items()
+            ])
 
     def observe(
         self, tenant: str, run_id: str, *, at: datetime, tool: str | None, cost_usd: float
@@ -43,24 +62,22 @@ class TransactionRunState:
         if cur is None:
             raise RuntimeError("run state used outside a transaction")
         at_us = int(at.timestamp() * 1_000_000)
-        cur.execute(self._select, {"t": tenant, "r": run_id})
-        row = cur.fetchone()
-        if row is None:
-            iterations, first_us, tools, cost = 0, at_us, [], 0.0
-        else:
-            iterations, first_us, tools, cost = (
-                int(row[0]), int(row[1]), orjson.loads(row[2]), float(row[3])
-            )
+        run = self._runs.get((tenant, run_id))
+        if run is None:
+            cur.execute(self._select, {"t": tenant, "r": run_id})
+            row = cur.fetchone()
+            if row is None:
+                run = [0, at_us, [], 0.0, at_us]
+            else:
+                run = [int(row[0]), int(row[1]), orjson.loads(row[2]), float(row[3]), at_us]
+            self._runs[(tenant, run_id)] = run
+        iterations, first_us, tools, cost, _ = run
         earlier = tuple(tools)
         iterations += 1
         cost += cost_usd
         if tool is not None:
             tools = [*tools, tool][-RECENT_TOOLS_KEPT:]
-        cur.execute(
-            self._upsert,
-            {"t": tenant, "r": run_id, "i": iterations, "f": first_us,
-             "tools": orjson.dumps(tools).decode(), "c": cost, "u": at_us},
-        )
+        run[:] = [iterations, first_us, tools, cost, at_us]
         return RunSnapshot(
             iterations, datetime.fromtimestamp(first_us / 1e6, UTC), earlier, cost
         )
