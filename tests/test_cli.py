@@ -90,6 +90,14 @@ def test_a_broken_policy_fails_closed(tmp_path: Path) -> None:
     assert body["issues"][0]["code"] == "POLICY_NOT_LOADED"
 
 
+def test_an_example_with_a_bad_evaluated_at_is_a_usage_error(tmp_path: Path) -> None:
+    doc = tmp_path / "example.json"
+    doc.write_text(json.dumps({"request": request(), "evaluated_at": "yesterday"}))
+    status, _, err = run("check", str(doc))
+    assert status == 2
+    assert "evaluated_at" in err
+
+
 def test_policy_show() -> None:
     status, out, _ = run("policy", "show")
     assert status == 0

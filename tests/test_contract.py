@@ -46,6 +46,16 @@ def fields_of(exc: RequestValidationError) -> set[str]:
         ("iteration as float", {"goal": "Deploy", "context": {"current_iteration": 1.5}},
          {"context.current_iteration"}),
         ("several at once", {"goal": "", "tools": [1], "pro": 3}, {"goal", "tools.0", "pro"}),
+        ("look-alike letters in a tool name",
+         {"goal": "Release the payout", "tools": ["ok", "p\u0430yout"]}, {"tools.1"}),
+        ("a blank side effect", {"goal": "Release the payout", "side_effects": [" "]},
+         {"side_effects.0"}),
+        ("an unknown field with a huge integer",
+         {"goal": "Release the payout", "x": 2**70}, {"x"}),
+        ("a context extra with a huge integer",
+         {"goal": "Release the payout", "context": {"n": [2**60]}}, {"context.n.0"}),
+        ("an iteration beyond 2**53", {"goal": "Deploy", "context": {"current_iteration": 2**60}},
+         {"context.current_iteration"}),
         ("environment contradicts context",
          {"goal": "Deploy it", "environment": "prod", "context": {"environment": "staging"}},
          {"environment"}),
@@ -68,6 +78,11 @@ def test_invalid_requests_name_each_bad_field(
 def test_non_objects_are_rejected(raw: bytes) -> None:
     with pytest.raises(RequestValidationError):
         parse_request(raw)
+
+
+def test_a_lone_surrogate_in_text_is_a_validation_error() -> None:
+    with pytest.raises(RequestValidationError):
+        parse_request('{"goal": "Deploy \ud800 now"}')
 
 
 def test_body_size_limit() -> None:

@@ -79,6 +79,29 @@ def test_a_granted_server_side_approval_is_verified() -> None:
     assert other_tenant.verdict == "DEFER"
 
 
+@pytest.mark.parametrize(
+    ("expires_at", "execute_by"),
+    [("2026-03-17T09:59:59Z", None), (None, "2026-03-17T09:59:00Z")],
+    ids=["request expired", "execute-by window passed"],
+)
+def test_a_granted_approval_past_its_windows_is_expired(
+    expires_at: str | None, execute_by: str | None
+) -> None:
+    from stage0.contract.request import parse_instant  # noqa: PLC0415
+
+    body = request(constraints=["approval required"], context={"approval_id": "apr_3"})
+    digest = decide(body).body["action_digest"]
+    approvals = StaticApprovals()
+    approvals.add(ApprovalEvidence(
+        "apr_3", "approved", digest,
+        expires_at=parse_instant(expires_at) if expires_at else None,
+        execute_by=parse_instant(execute_by) if execute_by else None,
+    ))
+    decision = decide(body, approvals=approvals)
+    assert decision.verdict == "DEFER"
+    assert "APPROVAL_EXPIRED" in decision.issue_codes
+
+
 def make_other_tenant_engine(approvals: StaticApprovals) -> Engine:
     return Engine(load_policy(), run_state=InMemoryRunState(), approvals=approvals,
                   clock=FixedClock("2026-03-17T10:00:00Z"), ids=SequentialIds())

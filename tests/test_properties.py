@@ -114,6 +114,21 @@ def test_arbitrary_json_never_raises_past_validation(value: Any) -> None:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=6),
+       contexts_any := st.dictionaries(st.text(max_size=12), json_values, max_size=6))
+def test_arbitrary_fields_around_a_goal_never_raise(
+    extra: dict[str, Any], context: dict[str, Any]
+) -> None:
+    """Arbitrary JSON in every field but `goal`: most of it reaches the engine."""
+    body = {**extra, "goal": "Refund the duplicate charge on order 1042", "context": context}
+    try:
+        decision = ENGINE.check(json.dumps(body).encode())
+    except RequestValidationError:
+        return
+    _assert_sound(decision)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise_past_validation(raw: bytes) -> None:
     try:

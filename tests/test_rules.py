@@ -219,6 +219,52 @@ ROWS: list[Row] = [
     ("the default pack's CEL rule denies cross-tenant actions",
      {"context": {"tenant_id": "acme", "target_tenants": ["acme", "globex"]}}, TUESDAY, "DENY",
      ["CROSS_TENANT_ACTION"], []),
+    # --- found in review: nothing may loosen, disguise or hide -------------------------------
+    ("a false flag is not a guardrail",
+     {"side_effects": ["send_email"], "constraints": ["require_approval: false"]}, TUESDAY,
+     "DENY", ["SIDE_EFFECTS_NEED_GUARDRAILS"], []),
+    ("sandbox: false does not clear sensitive tools",
+     {"tools": ["bash"], "constraints": ["sandbox: false"], "pro": True}, TUESDAY, "DENY",
+     ["SENSITIVE_TOOLS_NEED_CONSTRAINTS"], []),
+    ("a bare allowlist is not a constraint that can be applied",
+     {"tools": ["bash"], "constraints": ["allowlist"], "pro": True}, TUESDAY, "DENY",
+     ["CONSTRAINT_INVALID"], []),
+    ("a blank environment is no environment",
+     {"tools": ["deploy.service"], "constraints": ["approval required"],
+      "context": {"approval_status": "approved", "environment": "  "}}, TUESDAY, "DEFER",
+     ["ENVIRONMENT_UNSPECIFIED"], []),
+    ("production-eu is production",
+     {"tools": ["deploy.service"], "constraints": ["approval required"],
+      "context": {"approval_status": "approved", "environment": "production-eu"}}, TUESDAY,
+     "DEFER", ["ROLLBACK_PLAN_MISSING"], []),
+    ("business_hours: true names its window (Saturday)",
+     {"constraints": ["business_hours: true"]}, "2026-03-21T10:00:00Z", "DEFER",
+     ["OUTSIDE_CHANGE_WINDOW"], ["POLICY_EVALUATION_FAILED"]),
+    ("business-hours only: true inside the window",
+     {"constraints": ["business-hours only: true"]}, TUESDAY, "ALLOW", [],
+     ["OUTSIDE_CHANGE_WINDOW", "POLICY_EVALUATION_FAILED"]),
+    ("a rollback_plan of `false` text does not count",
+     {"constraints": ["rollback_plan_required: true"], "context": {"rollback_plan": "false"}},
+     TUESDAY, "DEFER", ["ROLLBACK_PLAN_MISSING"], []),
+    ("the smallest of two max_records wins",
+     {"constraints": ["max_records: 100", "max_records: 10"], "context": {"record_count": 50}},
+     TUESDAY, "DENY", ["RECORD_LIMIT_EXCEEDED"], []),
+    ("MCP server names are normalised",
+     {"constraints": ["allowed_mcp_servers: GitHub"],
+      "context": {"active_mcp_servers": ["github"]}},
+     TUESDAY, "ALLOW", [], ["MCP_SERVER_NOT_ALLOWED"]),
+    ("reordering tools does not hide a repeated call",
+     {"tools": ["crm.lookup", "agent.retry"], "constraints": ["same_tool_limit: 1"],
+      "context": {"recent_tools": ["agent.retry"]}}, TUESDAY, "DEFER",
+     ["LOOP_SAME_TOOL_LIMIT"], []),
+    ("a zero-width space cannot hide a deploy",
+     {"tools": ["de\u200bploy.production"]}, TUESDAY, "DENY",
+     ["SIDE_EFFECTS_NEED_GUARDRAILS"], []),
+    ("full-width letters are folded",
+     {"tools": ["\uff44\uff45\uff50\uff4c\uff4f\uff59"], "constraints": ["max_records: 1"]},
+     TUESDAY, "DEFER", ["APPROVAL_REQUIRED_PENDING"], []),
+    ("doubled separators fold",
+     {"side_effects": ["money_ movement"]}, TUESDAY, "DENY", ["SIDE_EFFECTS_NEED_GUARDRAILS"], []),
     ("a same-tenant action passes the CEL rule",
      {"context": {"tenant_id": "acme", "target_tenants": ["acme"]}}, TUESDAY, "ALLOW", [],
      ["CROSS_TENANT_ACTION"]),
@@ -239,6 +285,67 @@ def test_rule(
         assert code in found, (note, code, found)
     for code in exclude:
         assert code not in found, (note, code, found)
+
+
+def test_buckets_from_disguised_names() -> None:
+    d = decide(request(tools=["\uff44\uff45\uff50\uff4c\uff4f\uff59"],
+                       constraints=["max_records: 1"])).body
+    assert d["buckets"] == ["production_control_plane"]
+    d = decide(request(side_effects=["money_ movement"], constraints=["max_records: 1"])).body
+    assert d["buckets"] == ["money_movement"]
+
+
+def test_the_response_does_not_share_state_with_later_decisions() -> None:
+    from stage0.testing import make_engine  # noqa: PLC0415 - one engine for both calls
+
+    engine = make_engine("2026-03-17T10:00:00Z")
+    body = request(side_effects=["send_email"])
+    first = engine.check(body)
+    assert first.verdict == "DENY"
+    first.body["guardrails"].append("tampered")
+    first.body["guardrail_checks"]["unrecognized_constraints"].append("tampered")
+    assert engine.check(body).verdict == "DENY"
+
+
+def test_cross_tenant_rule_uses_the_callers_tenant() -> None:
+    from stage0.testing import make_engine  # noqa: PLC0415
+
+    engine = make_engine("2026-03-17T10:00:00Z")
+    other = engine.check(request(context={"target_tenants": ["globex"]}), tenant="acme")
+    assert "CROSS_TENANT_ACTION" in other.issue_codes
+    claim = engine.check(request(context={"tenant_id": "globex"}), tenant="acme")
+    assert "CROSS_TENANT_ACTION" in claim.issue_codes
+    own = engine.check(request(context={"tenant_id": "acme", "target_tenants": ["acme"]}),
+                       tenant="acme")
+    assert own.verdict == "ALLOW"
+
+
+def test_high_risk_from_the_score_alone() -> None:
+    from stage0.policy import compile_text  # noqa: PLC0415
+    from stage0.policy.loader import default_pack_text  # noqa: PLC0415
+
+    policy = compile_text(default_pack_text().replace("high_risk_threshold: 70",
+                                                      "high_risk_threshold: 30"))
+    d = decide(request(tools=["bash"], side_effects=["write"], constraints=["sandbox"]),
+               policy=policy).body
+    assert d["buckets"] == []
+    assert d["risk_score"] == 30
+    assert d["high_risk"] is True
+    assert decide(request(tools=["bash"], side_effects=["write"],
+                          constraints=["sandbox"])).body["high_risk"] is False
+
+
+def test_the_stronger_effect_wins_for_a_repeated_code() -> None:
+    from stage0.contract import CODES  # noqa: PLC0415
+    from stage0.engine.findings import Findings  # noqa: PLC0415
+
+    base = CODES["CONSTRAINT_CONFLICT"]
+    weak = type(base)(base.code, base.kind, "MEDIUM", "DEFER", "DEFER", "m", "r")
+    out = Findings(pro=False)
+    out.add_spec(weak)
+    out.add_spec(base)
+    out.add_spec(weak)
+    assert [(i.code, i.effect) for i in out.issues] == [("CONSTRAINT_CONFLICT", "DENY")]
 
 
 def test_unknown_change_window_is_decision_error() -> None:

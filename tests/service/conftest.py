@@ -146,10 +146,10 @@ def start_server(db_url: str, tmp_path: Path, *, workers: int = 1,
             "--workers", str(workers)]
     if frozen_time:
         args += ["--frozen-time", frozen_time]
-    process = subprocess.Popen(
-        args, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -71,7 +71,10 @@ def _unwrap_example(raw: bytes) -> tuple[bytes | dict[str, Any], datetime | None
         request = doc["request"]
         if not isinstance(request, dict):
             return raw, None
-        return request, parse_instant(at) if isinstance(at, str) else None
+        try:
+            return request, parse_instant(at) if isinstance(at, str) else None
+        except ValueError as exc:
+            raise click.BadParameter(f"the example's `evaluated_at`: {exc}") from None
     return raw, None
 
 

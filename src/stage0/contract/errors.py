@@ -23,6 +23,14 @@ class FieldError:
         return {"field": self.field, "message": self.message, "type": self.type}
 
 
+class FieldPathError(ValueError):
+    """A validator's error about a nested value: ``field`` is the value's own dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class RequestValidationError(ValueError):
     """The request does not match the contract. Never becomes an ALLOW.
 
@@ -59,6 +67,9 @@ class RequestValidationError(ValueError):
 
 
 def _field_error(detail: ErrorDetails) -> FieldError:
+    cause = detail.get("ctx", {}).get("error")
+    if isinstance(cause, FieldPathError):
+        return FieldError(cause.field, str(cause), detail["type"])
     loc = ".".join(str(p) for p in detail["loc"]) or "(body)"
     message = detail["msg"]
     if message.startswith(("Value error, ", "Assertion failed, ")):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -15,9 +18,10 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from stage0.contract.errors import RequestValidationError
+from stage0.contract.errors import FieldPathError, RequestValidationError
 
 MAX_BODY_BYTES = 1_000_000
 MAX_LIST_ITEMS = 200
@@ -37,10 +41,48 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _ascii_name(value: str) -> str:
+    """Tool names and side effects are identifiers: after NFKC normalisation and removal of
+    invisible format characters they must be ASCII, so look-alike letters (a Cyrillic a,
+    U+0430, in ``payout``) cannot slip a name past the classifier."""
+    text = "".join(
+        c for c in unicodedata.normalize("NFKC", value) if unicodedata.category(c) != "Cf"
+    )
+    if not text.isascii():
+        raise ValueError(f"`{value}` has non-ASCII characters; names must be ASCII identifiers")
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 Item = Annotated[str, Field(max_length=MAX_ITEM_CHARS)]
 ItemList = Annotated[list[Item], Field(max_length=MAX_LIST_ITEMS)]
-LongList = Annotated[list[Item], Field(max_length=10_000)]
+Name = Annotated[str, Field(max_length=MAX_ITEM_CHARS), AfterValidator(_ascii_name)]
+NameList = Annotated[list[Name], Field(max_length=MAX_LIST_ITEMS)]
 Timestamp = Annotated[datetime, Field(description="ISO-8601; a value without a zone is UTC")]
+
+
+MAX_ARGUMENT_DEPTH = 32
+SAFE_INTEGER = 2**53 - 1
+
+
+def _check_json_domain(value: Any, path: str, depth: int) -> None:
+    """Values Stage0 hashes, logs and echoes must have one exact JSON form (RFC 8785, I-JSON):
+    integers within +-(2**53 - 1) and nesting at most 32 deep."""
+    if depth > MAX_ARGUMENT_DEPTH:
+        raise FieldPathError(path, f"nests deeper than {MAX_ARGUMENT_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return
+    if isinstance(value, int):
+        if not -SAFE_INTEGER <= value <= SAFE_INTEGER:
+            raise FieldPathError(path, "an integer outside +-(2**53 - 1); send it as a string")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json_domain(v, f"{path}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json_domain(v, f"{path}.{i}", depth + 1)
 
 
 class Context(BaseModel):
@@ -61,13 +103,13 @@ class Context(BaseModel):
     mfa_verified_at: Timestamp | None = None
     resource_scope: Item | None = None
     target_resources: ItemList | Item | None = None
-    record_count: Annotated[int, Field(ge=0)] | None = None
+    record_count: Annotated[int, Field(ge=0, le=2**53 - 1)] | None = None
     request_channel: Item | None = None
     run_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    current_iteration: Annotated[int, Field(ge=0)] | None = None
+    current_iteration: Annotated[int, Field(ge=0, le=2**53 - 1)] | None = None
     elapsed_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    current_tool: Item | None = None
-    recent_tools: LongList | None = None
+    current_tool: Name | None = None
+    recent_tools: Annotated[list[Name], Field(max_length=10_000)] | None = None
     cumulative_cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         default=None,
@@ -82,30 +124,11 @@ class Context(BaseModel):
     def _zone(cls, value: datetime | None) -> datetime | None:
         return _as_utc(value)
 
-
-MAX_ARGUMENT_DEPTH = 32
-SAFE_INTEGER = 2**53 - 1
-
-
-def _check_json_domain(value: Any, path: str, depth: int) -> None:
-    """Arguments are bound into the action digest, so they must have one exact canonical form
-    (RFC 8785): integers within +-(2**53 - 1) and nesting at most 32 deep."""
-    if depth > MAX_ARGUMENT_DEPTH:
-        raise ValueError(f"`{path}` nests deeper than {MAX_ARGUMENT_DEPTH} levels")
-    if isinstance(value, bool) or value is None or isinstance(value, str | float):
-        return
-    if isinstance(value, int):
-        if not -SAFE_INTEGER <= value <= SAFE_INTEGER:
-            raise ValueError(
-                f"`{path}` is an integer outside +-(2**53 - 1); send it as a string"
-            )
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_json_domain(v, f"{path}.{k}", depth + 1)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_json_domain(v, f"{path}.{i}", depth + 1)
+    @model_validator(mode="after")
+    def _extras_in_json_domain(self) -> Context:
+        for key, value in (self.model_extra or {}).items():
+            _check_json_domain(value, f"context.{key}", 1)
+        return self
 
 
 class CheckRequest(BaseModel):
@@ -116,8 +139,8 @@ class CheckRequest(BaseModel):
     goal: Annotated[str, Field(min_length=1, max_length=MAX_GOAL_CHARS)]
     success_criteria: ItemList | None = None
     constraints: ItemList | None = None
-    tools: ItemList | None = None
-    side_effects: ItemList | None = None
+    tools: NameList | None = None
+    side_effects: NameList | None = None
     context: Context | None = None
     pro: StrictBool | None = None
     policy_pack_version: Item | None = None
@@ -137,6 +160,12 @@ class CheckRequest(BaseModel):
         if value is not None:
             _check_json_domain(value, "arguments", 0)
         return value
+
+    @model_validator(mode="after")
+    def _extras_in_json_domain(self) -> CheckRequest:
+        for key, value in (self.model_extra or {}).items():
+            _check_json_domain(value, key, 0)
+        return self
 
     @field_validator("environment", mode="after")
     @classmethod
@@ -166,7 +195,12 @@ def parse_request(body: bytes | str | dict[str, Any]) -> CheckRequest:
     """
     try:
         if isinstance(body, bytes | str):
-            raw = body.encode() if isinstance(body, str) else body
+            try:
+                raw = body.encode() if isinstance(body, str) else body
+            except UnicodeEncodeError as exc:
+                raise RequestValidationError.single(
+                    "(body)", f"not valid Unicode text: {exc.reason}", "unicode_error"
+                ) from None
             if len(raw) > MAX_BODY_BYTES:
                 raise RequestValidationError.single(
                     "(body)",
@@ -180,10 +214,16 @@ def parse_request(body: bytes | str | dict[str, Any]) -> CheckRequest:
             )
         # One path for every surface: a mapping is encoded and validated as JSON, so that
         # timestamps, strictness and the size limit behave exactly as they do over HTTP.
-        return parse_request(orjson.dumps(body))
+        try:
+            encoded = orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            encoded = json.dumps(body, allow_nan=False).encode()  # integers beyond 64 bits
+        return parse_request(encoded)
     except ValidationError as exc:
         raise RequestValidationError.from_pydantic(exc) from None
-    except orjson.JSONEncodeError as exc:
+    except RequestValidationError:
+        raise
+    except (TypeError, ValueError) as exc:
         raise RequestValidationError.single("(body)", f"not encodable as JSON: {exc}") from None
 
 

@@ -38,6 +38,10 @@ class Invalid:
 @dataclass(slots=True)
 class Guardrails:
     recognized: list[str] = field(default_factory=list)
+    """Guardrails in force, normalised (``max_records: 50``)."""
+    inactive: list[str] = field(default_factory=list)
+    """Recognised constraints that require nothing (``require_approval: false``): they are not
+    guardrails, so they neither satisfy SIDE_EFFECTS_NEED_GUARDRAILS nor loosen anything."""
     unrecognized: list[str] = field(default_factory=list)
     invalid: list[Invalid] = field(default_factory=list)
     require_approval: bool = False
@@ -96,6 +100,13 @@ class ConstraintParser:
         canon, implied = resolved
         value = value_text.strip() if sep else (implied if implied is not None else "")
         kind = CONSTRAINT_KEYS[canon]
+        if implied is not None and sep and kind != "flag":
+            # `business_hours: true` names its window through the alias; `: false` is a no-op.
+            low = value.lower()
+            if low in _TRUE:
+                value = implied
+            elif low in _FALSE:
+                return Parsed(canon, False, f"{canon}: false")
         try:
             if kind == "flag":
                 low = value.lower()
@@ -104,7 +115,7 @@ class ConstraintParser:
                 if low in _FALSE:
                     return Parsed(canon, False, f"{canon}: false")
                 raise ValueError(f"`{canon}` takes true or false, got `{value}`")
-            if not value and kind != "text":
+            if not value:
                 raise ValueError(f"`{canon}` needs a value")
             if kind in ("roles", "names"):
                 names = _names(value)
@@ -116,11 +127,13 @@ class ConstraintParser:
                 return Parsed(canon, name, f"{canon}: {name}")
             if kind == "int":
                 number = int(value)
-                if number < 0:
-                    raise ValueError(f"`{canon}` must not be negative, got `{value}`")
+                if not 0 <= number <= 2**53 - 1:
+                    raise ValueError(f"`{canon}` must be between 0 and 2**53 - 1, got `{value}`")
                 return Parsed(canon, number, f"{canon}: {number}")
             if kind == "seconds":
                 seconds = parse_duration(value)
+                if not 0 <= seconds < float("inf"):
+                    raise ValueError(f"`{canon}` must be a finite duration, got `{value}`")
                 return Parsed(canon, seconds, f"{canon}: {seconds:g}")
             if kind == "usd":
                 usd = float(value.lstrip("$").strip())
@@ -156,9 +169,12 @@ class ConstraintParser:
             if isinstance(parsed, Invalid):
                 g.invalid.append(parsed)
                 continue
+            if parsed.value is False:
+                g.inactive.append(raw)
+                continue
             g.recognized.append(parsed.display)
             _apply(g, parsed)
-            if parsed.key in self._policy.sensitive_cleared_by and parsed.value is not False:
+            if parsed.key in self._policy.sensitive_cleared_by:
                 g.clears_sensitive = True
         return g
 

@@ -102,7 +102,7 @@ class Engine:
         *,
         at: datetime | None = None,
         request_id: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = None,
     ) -> Decision:
         """Validate ``body`` and evaluate it.
 
@@ -131,7 +131,7 @@ class Engine:
         *,
         at: datetime | None = None,
         request_id: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = None,
         input_sha256: str | None = None,
     ) -> Decision:
         """Decide a validated request. Never raises: failures are fail-closed decisions."""
@@ -140,9 +140,12 @@ class Engine:
         at = at if at is not None else now
         rid = request_id or self._ids()
         if input_sha256 is None:
-            input_sha256 = sha256_hex(
-                canonical_json(request.model_dump(mode="json", exclude_unset=True))
-            )
+            input_sha256 = _mapping_sha256(request.model_dump(mode="json", exclude_unset=True))
+        if tenant is None:
+            # In-process use (CLI, SDK): the caller's own claim, else the default tenant. The
+            # service always passes the tenant of the authenticated key.
+            ctx_tenant = request.context.tenant_id if request.context is not None else None
+            tenant = ctx_tenant or "default"
         policy = self.policy
         if policy is None or self._parser is None:
             return self._failed(request, rid, now, at, input_sha256, "POLICY_NOT_LOADED", None)
@@ -321,6 +324,7 @@ def _custom_rules(
                 "context": ctx.model_dump(mode="json", exclude_none=True),
                 "arguments": f.request.arguments or {},
                 "now": f.at,
+                "tenant": f.tenant,
             }
         if rule.evaluate(data):
             out.add_spec(rule.spec)
@@ -397,7 +401,7 @@ def _respond(
         "high_risk": bool(f.buckets) or risk >= policy.risk.high_risk_threshold,
         "clarifying_questions": clarifying,
         "defer_questions": defer,
-        "guardrails": guardrails,
+        "guardrails": list(guardrails),
         "guardrail_checks": out.checks,
         "value_findings": out.value_findings,
         "cost_estimate": dict(cost_estimate) if cost_estimate is not None else None,

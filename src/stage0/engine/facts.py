@@ -110,7 +110,9 @@ def derive_facts(
     )
     tools = c.tools
     environment = ctx.environment if ctx.environment is not None else request.environment
-    env_key = normalize_name(environment) if environment else None
+    env_key = (normalize_name(environment) or None) if environment else None
+    if env_key is None:
+        environment = None  # blank or punctuation only: no environment was given
 
     if ctx.current_tool:
         call_tool: str | None = normalize_name(ctx.current_tool)
@@ -127,7 +129,7 @@ def derive_facts(
         side_effects=c.side_effects,
         environment=environment,
         environment_key=env_key,
-        is_production=env_key is not None and env_key in policy.production_environments,
+        is_production=env_key is not None and policy.is_production(env_key),
         buckets=c.buckets,
         write_effects=c.write_effects,
         sensitive_tools=c.sensitive_tools,

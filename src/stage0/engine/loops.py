@@ -58,7 +58,12 @@ def check_loops(
         recent, sources["recent_tools"] = snap.recent_tools, "run_state"
     else:
         sources["recent_tools"] = None
-    same = _trailing_same(recent or (), f.call_tool)
+    if ctx.current_tool or not f.tools:
+        same_tool, same = f.call_tool, _trailing_same(recent or (), f.call_tool)
+    else:
+        # No current_tool: every tool of the call counts, so reordering `tools` cannot hide a
+        # repeated call.
+        same, same_tool = max((_trailing_same(recent or (), t), t) for t in f.tools)
 
     cost: float | None = ctx.cumulative_cost_usd
     sources["cost_usd"] = "client" if cost is not None else None
@@ -84,7 +89,7 @@ def check_loops(
         ok = False
         out.add(
             "LOOP_SAME_TOOL_LIMIT",
-            f"`{f.call_tool}` would be call {same} in a row, over `same_tool_limit: "
+            f"`{same_tool}` would be call {same} in a row, over `same_tool_limit: "
             f"{g.same_tool_limit}`",
         )
     if g.max_cost_usd is not None and cost is not None and cost > g.max_cost_usd:
@@ -105,7 +110,7 @@ def check_loops(
         "max_iterations": g.max_iterations,
         "elapsed_seconds": elapsed,
         "timeout_seconds": g.timeout_seconds,
-        "tool": f.call_tool,
+        "tool": same_tool,
         "same_tool_count": same,
         "same_tool_limit": g.same_tool_limit,
         "cumulative_cost_usd": cost,

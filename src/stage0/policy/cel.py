@@ -9,7 +9,8 @@ Variables visible to a condition:
 ``goal`` (string), ``tools`` and ``side_effects`` (normalised names), ``constraints`` (list of
 strings), ``buckets`` (matched high-risk buckets), ``environment`` (string or null), ``pro``
 (bool), ``context`` (the request's context as a map, unknown keys included), ``arguments``
-(map), ``now`` (timestamp of evaluation).
+(map), ``now`` (timestamp of evaluation), ``tenant`` (the tenant of the authenticated key; in
+process, ``context.tenant_id`` or ``default``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ VARIABLES = {
     "context": _T.Map(_T.STRING, _T.DYN),
     "arguments": _T.Map(_T.STRING, _T.DYN),
     "now": _T.TIMESTAMP,
+    "tenant": _T.STRING,
 }
 _ENV = cel.NewEnv(variables=VARIABLES)
 

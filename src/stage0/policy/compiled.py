@@ -74,6 +74,13 @@ class CompiledPolicy:
                 self._tool_cache[tool] = hit
         return hit
 
+    def is_production(self, environment: str) -> bool:
+        """Whether a normalised environment name is production: one of the pack's
+        ``production_environments`` or such a name with a suffix (``production_eu``)."""
+        return environment in self.production_environments or any(
+            environment.startswith(p + "_") for p in self.production_environments
+        )
+
     def effect_buckets(self, side_effect: str) -> tuple[str, ...]:
         return self._effect_buckets.get(side_effect, ())
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
-_FOLD = re.compile(r"[\s\-]+")
+_FOLD = re.compile(r"[\s\-_]+")
 
 
 @lru_cache(maxsize=8192)
 def normalize_name(name: str) -> str:
     """Compare tool names and side effects case-insensitively, spaces and hyphens as ``_``.
 
-    ``"Money Movement"`` and ``"money-movement"`` both become ``"money_movement"``.
+    ``"Money Movement"``, ``"money-movement"`` and ``"money _movement"`` all become
+    ``"money_movement"``. The text is NFKC-normalised first (full-width letters become ASCII)
+    and invisible format characters (zero-width spaces and joiners) are removed, so they cannot
+    hide a name from the classifier.
     """
-    return _FOLD.sub("_", name.strip().lower())
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return _FOLD.sub("_", text.strip().lower()).strip("_")
 
 
 class GlobMatcher:

@@ -164,12 +164,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         503: {"description": "The service cannot decide; the body still says verdict DENY"},
     }
 
+    request_schema = CheckRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request_defs = request_schema.pop("$defs", {})
+
     @app.post(
         "/check",
         responses=check_responses,
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": CheckRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}")}}}},
+            "application/json": {"schema": request_schema}}}},
         summary="Decide one proposed action",
     )
     async def check(request: Request) -> Response:
@@ -320,6 +322,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the models the hand-written /check body schema refers to."""
+        if app.openapi_schema is None:
+            spec = generate()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(request_defs)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
     return app
 
 

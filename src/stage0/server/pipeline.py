@@ -199,7 +199,7 @@ class Pipeline:
                     for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
                 self.run_state.begin(cur)
-                outcomes = [self._handle(cur, job, state) for job in batch]
+                outcomes = [self._handle_safely(cur, job, state) for job in batch]
                 self.run_state.flush()
                 self._save_usage(cur, state)
                 for tenant, chain in state.chains.items():
@@ -248,6 +248,18 @@ class Pipeline:
                  "nk": w.minute, "nc": c.minute}
                 for key_id, c in state.usage.items()
             ])
+
+    def _handle_safely(self, cur: Any, job: Job, state: _Batch) -> Outcome:
+        """One job's failure fails that job closed, not its batch (its writes are deferred to the
+        end of the batch, so nothing of it reaches the store)."""
+        try:
+            return self._handle(cur, job, state)
+        except Exception as exc:  # fail this request closed, keep the batch
+            log.exception("request %s failed closed", job.request_id)
+            metrics.FAIL_CLOSED.labels(reason="internal").inc()
+            return Outcome(503, fail_closed_body(
+                job.request_id, f"The request could not be decided: {str(exc)[:200]}",
+                self.policy_version))
 
     def _handle(self, cur: Any, job: Job, state: _Batch) -> Outcome:
         key, rid = job.key, job.request_id
