@@ -424,3 +424,19 @@ def test_buckets_are_classified_from_tool_names(tool: str, bucket: str) -> None:
     d = decide(request(tools=[tool], constraints=["approval required"])).body
     assert bucket in d["buckets"]
     assert d["high_risk"] is True
+
+
+@pytest.mark.parametrize("effect", ["payments", "refunds", "deploys", "emails", "deletion",
+                                    "Payouts", "migrations"])
+def test_plural_and_noun_forms_are_write_class(effect: str) -> None:
+    d = decide(request(side_effects=[effect]))
+    assert d.verdict == "DENY"
+    assert "SIDE_EFFECTS_NEED_GUARDRAILS" in d.issue_codes
+
+
+@pytest.mark.parametrize("tool", ["run_bash", "execute_bash", "bash_exec", "sudo", "python",
+                                  "exec_command", "psql_query", "code_interpreter"])
+def test_shells_and_interpreters_are_sensitive(tool: str) -> None:
+    d = decide(request(tools=[tool], pro=True))
+    assert d.verdict == "DENY"
+    assert "SENSITIVE_TOOLS_NEED_CONSTRAINTS" in d.issue_codes

@@ -283,3 +283,17 @@ def test_keys_are_stored_hashed(api: Api) -> None:
     with api.store.connect() as conn:
         dump = str(list(conn.execute(text("SELECT * FROM api_keys"))))
     assert secret not in dump
+
+
+def test_row_hash_is_sha256_of_the_rfc8785_form(api: Api) -> None:
+    import hashlib  # noqa: PLC0415
+
+    import rfc8785  # noqa: PLC0415
+
+    rid = api.check(request(context={"note": "é ☃ \u2028 \"quoted\" \\ back"})).json()[
+        "request_id"]
+    with api.store.connect() as conn:
+        row = conn.execute(text("SELECT * FROM decisions WHERE request_id = :r"),
+                           {"r": rid}).one()._mapping
+    fields = {k: row[k] for k in ledger.HASHED_FIELDS}
+    assert row["row_hash"] == hashlib.sha256(rfc8785.dumps(fields)).hexdigest()

@@ -63,6 +63,7 @@ def check_constraints_valid(out: Findings, g: Guardrails) -> None:
     for bad in g.invalid:
         out.add("CONSTRAINT_INVALID", f"Constraint `{bad.raw}`: {bad.problem}")
     out.checks["unrecognized_constraints"] = list(g.unrecognized)
+    out.checks["inactive_constraints"] = list(g.inactive)
 
 
 def check_side_effects(out: Findings, f: Facts, g: Guardrails, constraints_empty: bool) -> None:

@@ -4,6 +4,7 @@ them (``stage0 serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` for its workers)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,10 +43,16 @@ QUEUE_DEPTH = Gauge(
 )
 
 
+_children: dict[tuple[str, str], Any] = {}
+
+
 def count_answer(verdict: str, buckets: list[str], *, fail_closed: bool = False) -> None:
     """Count one logged answer (a 422 rejection counts as DENY with bucket ``none``)."""
     for bucket in buckets or ["none"]:
-        DECISIONS.labels(verdict=verdict, bucket=bucket).inc()
+        child = _children.get((verdict, bucket))
+        if child is None:
+            child = _children[(verdict, bucket)] = DECISIONS.labels(verdict=verdict, bucket=bucket)
+        child.inc()
     if fail_closed:
         FAIL_CLOSED.labels(reason="evaluation").inc()
 

@@ -322,14 +322,16 @@ class Pipeline:
         )
         eval_us = (time.perf_counter() - started) * 1e6
         body = decision.body
-        self._log(state, chain, job, key, now, 200, "decision", body, eval_us)
+        encoded = decision.to_json()
+        self._log(state, chain, job, key, now, 200, "decision", body, eval_us, encoded)
         metrics.count_answer(body["verdict"], body["buckets"],
                              fail_closed=body["decision"] == "ERROR")
-        return Outcome(200, decision.to_json())
+        return Outcome(200, encoded)
 
     def _log(
         self, state: _Batch, chain: ledger.ChainCursor, job: Job, key: ApiKey, now: datetime,
         status: int, kind: str, body: dict[str, Any], eval_us: float | None,
+        encoded: bytes | None = None,
     ) -> None:
         try:
             request_obj = orjson.loads(job.raw)
@@ -355,7 +357,7 @@ class Pipeline:
             "buckets": orjson.dumps(body.get("buckets", [])).decode(),
             "request": orjson.dumps(redacted).decode(),
             "redacted_paths": orjson.dumps(masked).decode(),
-            "response": orjson.dumps(body).decode(),
+            "response": (encoded or orjson.dumps(body)).decode(),
             "frozen_time": self.frozen_time,
             "timings": orjson.dumps({
                 "parse_us": round(job.parse_us, 1),

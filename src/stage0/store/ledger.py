@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, select
 
-from stage0.engine.digest import canonical_json, sha256_hex
+from stage0.engine.digest import sha256_hex
 from stage0.store.database import Store
 from stage0.store.schema import chain_heads, decisions
 
@@ -32,7 +32,14 @@ HASHED_FIELDS = (
 
 
 def row_hash(record: dict[str, Any]) -> str:
-    return sha256_hex(canonical_json({k: record[k] for k in HASHED_FIELDS}))
+    """SHA-256 of the RFC 8785 form of the hashed fields.
+
+    Every hashed field is a string, an integer below 2**53 or null (JSON documents are stored
+    as text), the domain on which orjson's sorted-key output is the RFC 8785 form
+    (``stage0.engine.digest``; property-tested against ``rfc8785``), so no walk is needed.
+    """
+    fields = {k: record[k] for k in HASHED_FIELDS}
+    return sha256_hex(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS))
 
 
 @dataclass(slots=True)

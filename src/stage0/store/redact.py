@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 MASK = "[REDACTED]"
@@ -11,6 +12,11 @@ SECRET_KEY = re.compile(
     r"cookie|credential|private[_-]?key|session[_-]?(id|key)|client[_-]?secret|bearer|signature",
     re.IGNORECASE,
 )
+
+
+@lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    return SECRET_KEY.search(key) is not None
 
 
 def redact(value: Any, path: str = "") -> tuple[Any, list[str]]:
@@ -24,7 +30,7 @@ def _walk(value: Any, path: str, masked: list[str]) -> Any:
         out = {}
         for key, item in value.items():
             here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and SECRET_KEY.search(key) and item is not None:
+            if isinstance(key, str) and is_secret_key(key) and item is not None:
                 out[key] = MASK
                 masked.append(here)
             else:
