@@ -18,8 +18,19 @@ import orjson
 from stage0.contract.request import parse_instant
 from stage0.policy import PolicyError, load_policy
 from stage0.store import Store, ledger
+from stage0.store.approvals import get_approval, list_approvals
 from stage0.store.database import URL_ENV, redact_url, resolve_url
-from stage0.store.keys import PLANS, SCOPES, KeyError_, bootstrap, create_key, list_keys, revoke_key
+from stage0.store.keys import (
+    PLANS,
+    SCOPES,
+    KeyError_,
+    bootstrap,
+    create_key,
+    list_keys,
+    lookup_key,
+    revoke_key,
+)
+from stage0.store.signing import ensure_signing_key, rotate_signing_key
 
 DB_OPTION = click.option(
     "--db", "db", envvar=URL_ENV, default=None,
@@ -85,6 +96,7 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
     with _store(db) as store:
         click.echo(f"store    {redact_url(store.url)}", err=True)
         secret = bootstrap(store)
+        ensure_signing_key(store)
     if secret is not None:
         click.echo(
             "\n"
@@ -127,11 +139,14 @@ def keys() -> None:
 @click.option("--unlimited", is_flag=True, help="No quotas (overridden by explicit ones).")
 @click.option("--principal", default=None, help="The principal (person or service) behind the key.")
 @click.option("--roles", default="", help="Comma-separated roles of the principal.")
+@click.option("--totp", is_flag=True,
+              help="Enrol the principal for approver MFA (RFC 6238); prints the otpauth:// URI.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 def keys_create(db: str | None, tenant: str, name: str, scopes: str, plan: str,
                 monthly_quota: int | None, daily_quota: int | None, per_minute: int | None,
-                unlimited: bool, principal: str | None, roles: str, fmt: str) -> None:
+                unlimited: bool, principal: str | None, roles: str, totp: bool,
+                fmt: str) -> None:
     """Create a key and print it once (only its hash is stored)."""
     try:
         with _store(db) as store:
@@ -140,14 +155,17 @@ def keys_create(db: str | None, tenant: str, name: str, scopes: str, plan: str,
                 scopes=[s.strip() for s in scopes.split(",") if s.strip()], plan=plan,
                 monthly_quota=monthly_quota, daily_quota=daily_quota, per_minute=per_minute,
                 unlimited=unlimited, principal=principal,
-                roles=[r.strip() for r in roles.split(",") if r.strip()],
+                roles=[r.strip() for r in roles.split(",") if r.strip()], totp=totp,
             )
     except KeyError_ as exc:
         raise click.UsageError(str(exc)) from None
     if fmt == "json":
-        click.echo(orjson.dumps({**record.to_public(), "key": secret}, option=orjson.OPT_INDENT_2))
+        click.echo(orjson.dumps({**record.to_public(), "key": secret, "totp_uri": record.totp_uri},
+                                option=orjson.OPT_INDENT_2))
         return
     click.echo(f"key      {secret}")
+    if record.totp_uri:
+        click.echo(f"totp     {record.totp_uri}")
     click.echo(f"id       {record.id}  (tenant {record.tenant_id}, plan {record.plan}, "
                f"scopes {','.join(record.scopes)})")
     click.echo("This is the only time the key is shown; Stage0 keeps only its hash.", err=True)
@@ -182,6 +200,138 @@ def keys_revoke(db: str | None, key_id: str) -> None:
     except KeyError_ as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"revoked {record.id} (tenant {record.tenant_id}, {record.name})")
+
+
+@keys.command("rotate-signing")
+@DB_OPTION
+def keys_rotate_signing(db: str | None) -> None:
+    """Add a new execution-token signing key; old public keys stay published until their
+    tokens have expired."""
+    with _store(db) as store:
+        kid, retired = rotate_signing_key(store)
+    click.echo(f"signing with {kid}; retired {', '.join(retired) or 'none'} (still published "
+               "until their tokens expire)")
+
+
+@click.group()
+def approvals() -> None:
+    """List, show, approve and reject approval requests."""
+
+
+KEY_OPTION = click.option(
+    "--key", "api_key", envvar="STAGE0_API_KEY", default=None,
+    help="The API key to act as (its principal and roles). Env: STAGE0_API_KEY.",
+)
+
+
+def _tenant_of(store: Store, api_key: str | None, tenant: str | None) -> str:
+    if api_key:
+        found = lookup_key(store, api_key)
+        if found is None:
+            raise click.UsageError("the key is unknown or revoked")
+        return found.tenant_id
+    return tenant or "default"
+
+
+@approvals.command("list")
+@DB_OPTION
+@KEY_OPTION
+@click.option("--tenant", default=None, help="Tenant (default: the key's, else `default`).")
+@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "expired"]),
+              default=None)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def approvals_list(db: str | None, api_key: str | None, tenant: str | None, status: str | None,
+                   fmt: str) -> None:
+    """List approval requests, newest first."""
+    import time  # noqa: PLC0415
+
+    with _store(db) as store:
+        items = list_approvals(store, _tenant_of(store, api_key, tenant), status,
+                               int(time.time() * 1e6))
+    if fmt == "json":
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+        return
+    for a in items:
+        click.echo(f"{a['approval_id']}  {a['status']:8} {len(a['approvals'])}/"
+                   f"{a['required_approvals']}  {','.join(a['buckets']) or '-':28} "
+                   f"{a['action']['goal'][:60]}")
+
+
+@approvals.command("show")
+@DB_OPTION
+@KEY_OPTION
+@click.option("--tenant", default=None, help="Tenant (default: the key's, else `default`).")
+@click.argument("approval_id")
+def approvals_show(db: str | None, api_key: str | None, tenant: str | None,
+                   approval_id: str) -> None:
+    """Show one approval request: the action, who asked, votes, expiry."""
+    import time  # noqa: PLC0415
+
+    with _store(db) as store:
+        found = get_approval(store, _tenant_of(store, api_key, tenant), approval_id,
+                             int(time.time() * 1e6))
+    if found is None:
+        raise click.UsageError(f"no approval request `{approval_id}`")
+    click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2))
+
+
+def _decide(db: str | None, api_key: str | None, op: str, approval_id: str, reason: str,
+            totp: str | None, policy_path: str | None) -> None:
+    import uuid  # noqa: PLC0415
+
+    from stage0.engine import system_clock  # noqa: PLC0415
+    from stage0.server.pipeline import Job, Pipeline  # noqa: PLC0415
+
+    if not api_key:
+        raise click.UsageError("--key (or STAGE0_API_KEY) is required: approvers act as the "
+                               "principal of their own key")
+    try:
+        policy = load_policy(policy_path)
+    except PolicyError:
+        policy = None
+    with _store(db) as store:
+        pipeline = Pipeline(store, policy, clock=system_clock)
+        try:
+            payload = {"approval_id": approval_id, "reason": reason, "totp": totp}
+            outcome = pipeline.submit(Job(
+                secret=api_key, raw=orjson.dumps(payload), request=None, invalid=None,
+                request_id=str(uuid.uuid4()), client_request_id=False,
+                started=0.0, op=op, payload=payload)).result(timeout=60)
+        finally:
+            pipeline.close()
+    body = outcome.body if isinstance(outcome.body, dict) else orjson.loads(outcome.body)
+    click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    if outcome.status != 200:
+        sys.exit(1)
+
+
+@approvals.command("approve")
+@DB_OPTION
+@KEY_OPTION
+@click.option("--reason", default="", help="Why (recorded in the log).")
+@click.option("--totp", default=None, help="The TOTP code, when the request needs approver MFA.")
+@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
+              type=click.Path(dir_okay=False), help="Policy pack (for the policy version).")
+@click.argument("approval_id")
+def approvals_approve(db: str | None, api_key: str | None, reason: str, totp: str | None,
+                      policy_path: str | None, approval_id: str) -> None:
+    """Approve as the principal of --key. Exit 1 when refused (the reason is printed)."""
+    _decide(db, api_key, "approve", approval_id, reason, totp, policy_path)
+
+
+@approvals.command("reject")
+@DB_OPTION
+@KEY_OPTION
+@click.option("--reason", default="", help="Why (recorded in the log).")
+@click.option("--totp", default=None, help="The TOTP code, when the request needs approver MFA.")
+@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
+              type=click.Path(dir_okay=False), help="Policy pack (for the policy version).")
+@click.argument("approval_id")
+def approvals_reject(db: str | None, api_key: str | None, reason: str, totp: str | None,
+                     policy_path: str | None, approval_id: str) -> None:
+    """Reject as the principal of --key; one rejection ends the request. Exit 1 when refused."""
+    _decide(db, api_key, "reject", approval_id, reason, totp, policy_path)
 
 
 @click.group()

@@ -19,6 +19,28 @@ _CACHE_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    quorum: int
+    approver_roles: frozenset[str]
+    approver_mfa: bool
+    expires_in: float
+    execute_within: float
+
+    def tighten(self, other: ApprovalRule) -> ApprovalRule:
+        """The stricter of two rules (an action in two buckets needs both satisfied)."""
+        roles = (self.approver_roles & other.approver_roles
+                 if self.approver_roles and other.approver_roles
+                 else self.approver_roles or other.approver_roles)
+        return ApprovalRule(
+            quorum=max(self.quorum, other.quorum),
+            approver_roles=roles,
+            approver_mfa=self.approver_mfa or other.approver_mfa,
+            expires_in=min(self.expires_in, other.expires_in),
+            execute_within=min(self.execute_within, other.execute_within),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledBucket:
     name: str
     description: str
@@ -27,6 +49,7 @@ class CompiledBucket:
     side_effects: frozenset[str]
     approval: bool
     approval_evidence: Evidence
+    approvals: ApprovalRule
     environment: bool
     rollback_plan: RollbackRule
     mfa: bool
@@ -56,6 +79,9 @@ class CompiledPolicy:
     risk: RiskWeights
     rules: tuple[CompiledRule, ...]
     timeout_seconds: float
+    default_approvals: ApprovalRule
+    token_ttl: float
+    token_issuer: str
     _tool_cache: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     _effect_buckets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _bucket_index: Mapping[str, CompiledBucket] = field(default_factory=dict)
@@ -86,6 +112,15 @@ class CompiledPolicy:
 
     def bucket(self, name: str) -> CompiledBucket:
         return self._bucket_index[name]
+
+    def approval_rule(self, buckets: tuple[str, ...] | list[str]) -> ApprovalRule:
+        """The approval rule for an action: its buckets' rules combined, else the default."""
+        rule: ApprovalRule | None = None
+        for name in buckets:
+            b = self.bucket(name)
+            if b.approval:
+                rule = b.approvals if rule is None else rule.tighten(b.approvals)
+        return rule or self.default_approvals
 
     def resolve_alias(self, key: str) -> tuple[str, str | None] | None:
         return self.aliases.get(normalize_name(key))

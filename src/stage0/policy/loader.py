@@ -17,9 +17,14 @@ from pydantic import ValidationError
 from stage0.contract.codes import CODES
 from stage0.contract.constraints import CONSTRAINT_KEYS
 from stage0.policy.cel import CelRuleError, compile_rule
-from stage0.policy.compiled import CompiledBucket, CompiledPolicy, index_effect_buckets
+from stage0.policy.compiled import (
+    ApprovalRule,
+    CompiledBucket,
+    CompiledPolicy,
+    index_effect_buckets,
+)
 from stage0.policy.matching import GlobMatcher, normalize_name
-from stage0.policy.schema import PackDocument, parse_duration
+from stage0.policy.schema import ApprovalRules, PackDocument, parse_duration
 from stage0.policy.windows import DAY_INDEX, CompiledWindow
 
 DEFAULT_PACK = "stage0-policy-pack.yaml"
@@ -99,6 +104,17 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             aliases[normalize_name(name)] = (key, implied.strip() or None)
 
     default_evidence = doc.approval.evidence
+
+    def approval_rule(rules: ApprovalRules) -> ApprovalRule:
+        return ApprovalRule(
+            quorum=rules.quorum,
+            approver_roles=frozenset(normalize_name(r) for r in rules.approver_roles),
+            approver_mfa=rules.approver_mfa,
+            expires_in=parse_duration(rules.expires_in),
+            execute_within=parse_duration(rules.execute_within),
+        )
+
+    default_approvals = approval_rule(doc.approvals)
     buckets = tuple(
         CompiledBucket(
             name=name,
@@ -108,6 +124,8 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             side_effects=frozenset(normalize_name(s) for s in b.side_effects),
             approval=b.require.approval,
             approval_evidence=b.require.approval_evidence or default_evidence,
+            approvals=(approval_rule(b.require.approvals) if b.require.approvals is not None
+                       else default_approvals),
             environment=b.require.environment,
             rollback_plan=b.require.rollback_plan,
             mfa=b.require.mfa,
@@ -160,6 +178,9 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         risk=doc.risk,
         rules=tuple(rules),
         timeout_seconds=doc.evaluation.timeout_ms / 1000.0,
+        default_approvals=default_approvals,
+        token_ttl=parse_duration(doc.execution_tokens.ttl),
+        token_issuer=doc.execution_tokens.issuer,
         _effect_buckets=index_effect_buckets(buckets),
         _bucket_index=MappingProxyType({b.name: b for b in buckets}),
     )

@@ -87,9 +87,29 @@ class ValueSignal(_Strict):
     action_verbs: list[str] = Field(min_length=1)
 
 
+class ApprovalRules(_Strict):
+    """Who may grant an approval request, and for how long it holds."""
+
+    quorum: int = Field(default=1, ge=1, le=10)
+    approver_roles: list[str] = Field(
+        default=[], description="Roles an approver must hold one of; empty: any approver"
+    )
+    approver_mfa: bool = False
+    expires_in: Duration = "24h"
+    execute_within: Duration = "15m"
+
+    @field_validator("expires_in", "execute_within")
+    @classmethod
+    def _duration(cls, v: Duration) -> Duration:
+        if parse_duration(v) <= 0:
+            raise ValueError("must be a positive duration")
+        return v
+
+
 class BucketRequirements(_Strict):
     approval: bool = True
     approval_evidence: Literal["any", "verified"] | None = None
+    approvals: ApprovalRules | None = None
     environment: bool = False
     rollback_plan: Literal["never", "production", "always"] = "never"
     mfa: bool = False
@@ -137,6 +157,18 @@ class CustomRule(_Strict):
         return v
 
 
+class ExecutionTokens(_Strict):
+    ttl: Duration = "5m"
+    issuer: str = "stage0"
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: Duration) -> Duration:
+        if not 0 < parse_duration(v) <= 300:
+            raise ValueError("must be between 1 s and 5 minutes")
+        return v
+
+
 class Evaluation(_Strict):
     timeout_ms: float = Field(default=200.0, gt=0)
 
@@ -151,6 +183,8 @@ class PackDocument(_Strict):
     timezone: str = "UTC"
     production_environments: list[str] = ["production", "prod", "prd", "live"]
     approval: ApprovalSettings = ApprovalSettings()
+    approvals: ApprovalRules = ApprovalRules()
+    execution_tokens: ExecutionTokens = ExecutionTokens()
     mfa: MfaSettings = MfaSettings()
     change_windows: dict[str, ChangeWindow] = {}
     side_effects: SideEffectSettings

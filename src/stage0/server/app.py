@@ -16,6 +16,7 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,8 +28,10 @@ from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.server import metrics
 from stage0.server.pipeline import Job, Pipeline, error_body
 from stage0.store import Store, ledger
+from stage0.store import approvals as approvals_store
 from stage0.store.keys import ApiKey, lookup_key
 from stage0.store.schema import key_usage
+from stage0.store.signing import ensure_signing_key
 from stage0.store.usage import Counts, Windows
 
 log = logging.getLogger("stage0.server")
@@ -49,6 +52,24 @@ class Settings:
             frozen_time=os.environ.get("STAGE0_FROZEN_TIME") or None,
             environment=os.environ.get("STAGE0_ENVIRONMENT", "self-hosted"),
         )
+
+
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, Field(max_length=2000)] = ""
+    totp: Annotated[str | None, Field(max_length=12, description="RFC 6238 code, when the "
+                                      "request needs approver MFA")] = None
+
+
+class RejectBody(ApproveBody):
+    pass
+
+
+class ConsumeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: Annotated[str, Field(min_length=1, max_length=8000)]
+    action_digest: Annotated[str, Field(min_length=64, max_length=64,
+                                        pattern="^[0-9a-f]{64}$")]
 
 
 class ApiError(Exception):
@@ -83,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.db)
         store.migrate()
+        ensure_signing_key(store)
         policy: CompiledPolicy | None
         try:
             policy = load_policy(settings.policy)
@@ -150,6 +172,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(401, "Invalid or missing API key")
         if scope is not None and scope not in key.scopes and "admin" not in key.scopes:
             raise ApiError(403, f"This key lacks the `{scope}` scope")
+        return key
+
+    async def authenticate_any(request: Request, scopes: tuple[str, ...]) -> ApiKey:
+        key = await authenticate(request)
+        if "admin" not in key.scopes and not set(scopes) & set(key.scopes):
+            raise ApiError(403, f"This key lacks one of the scopes {', '.join(scopes)}")
         return key
 
     # -- /check -------------------------------------------------------------------------------
@@ -287,6 +315,68 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         )
         return {"items": items, "next_cursor": None if next_id is None else str(next_id)}
+
+    # -- approvals and execution tokens -------------------------------------------------------
+
+    async def through_pipeline(request: Request, op: str, payload: dict[str, Any]) -> Response:
+        rid, _ = _request_id(request.headers.get("x-request-id"))
+        secret = _secret(request)
+        if not secret:
+            raise ApiError(401, "Invalid or missing API key")
+        job = Job(secret=secret, raw=orjson.dumps(payload), request=None, invalid=None,
+                  request_id=rid, client_request_id=False, started=time.perf_counter(),
+                  op=op, payload=payload)
+        outcome = await asyncio.wrap_future(state["pipeline"].submit(job))
+        content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
+        return Response(content, outcome.status, headers=outcome.headers,
+                        media_type="application/json")
+
+    def _now_us() -> int:
+        return int(state["clock"]().timestamp() * 1e6)
+
+    @app.get("/v1/approvals", summary="Approval requests of the key's tenant, newest first")
+    async def list_approval_requests(
+        request: Request,
+        status: Annotated[str | None, Query(pattern="^(pending|approved|rejected|expired)$")]
+        = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        key = await authenticate_any(request, ("approve", "audit:read"))
+        items = await run_in_threadpool(
+            approvals_store.list_approvals, state["store"], key.tenant_id, status, _now_us(),
+            limit)
+        return {"items": items}
+
+    @app.get("/v1/approvals/{approval_id}", summary="One approval request with its votes")
+    async def get_approval_request(request: Request, approval_id: str) -> dict[str, Any]:
+        key = await authenticate_any(request, ("approve", "audit:read"))
+        found = await run_in_threadpool(
+            approvals_store.get_approval, state["store"], key.tenant_id, approval_id, _now_us())
+        if found is None:
+            raise ApiError(404, f"No approval request `{approval_id}` in this tenant",
+                           code="APPROVAL_NOT_FOUND")
+        return found
+
+    @app.post("/v1/approvals/{approval_id}/approve",
+              summary="Approve, as the principal of the calling key")
+    async def approve(request: Request, approval_id: str, body: ApproveBody) -> Response:
+        return await through_pipeline(request, "approve", {
+            "approval_id": approval_id, "reason": body.reason, "totp": body.totp})
+
+    @app.post("/v1/approvals/{approval_id}/reject",
+              summary="Reject, as the principal of the calling key; ends the request")
+    async def reject(request: Request, approval_id: str, body: RejectBody) -> Response:
+        return await through_pipeline(request, "reject", {
+            "approval_id": approval_id, "reason": body.reason, "totp": body.totp})
+
+    @app.get("/.well-known/jwks.json", summary="Public keys of execution tokens (JWKS)")
+    async def jwks() -> dict[str, Any]:
+        return await run_in_threadpool(state["pipeline"].keyring.jwks, _now_us())
+
+    @app.post("/v1/tokens/consume", summary="Consume an execution token, once")
+    async def consume(request: Request, body: ConsumeBody) -> Response:
+        return await through_pipeline(request, "consume", {
+            "token": body.token, "action_digest": body.action_digest})
 
     # -- operations -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -30,19 +31,22 @@ import orjson
 from stage0.contract import CODES, CheckRequest, RequestValidationError
 from stage0.engine import Engine
 from stage0.policy import CompiledPolicy, normalize_name
+from stage0.policy.compiled import ApprovalRule
 from stage0.server import metrics
 from stage0.store import ledger
+from stage0.store.approvals import ApprovalStore
 from stage0.store.database import Store
 from stage0.store.keys import ApiKey, hash_key
 from stage0.store.redact import redact
 from stage0.store.runstate import TransactionRunState
+from stage0.store.signing import Keyring, TokenError
 from stage0.store.usage import Counts, Windows, check_quota
 
 log = logging.getLogger("stage0.pipeline")
 
 SELECT_KEY = (
     "SELECT id, tenant_id, name, prefix, scopes, plan, monthly_quota, daily_quota, per_minute, "
-    "principal, roles, created_at, revoked_at FROM api_keys WHERE key_hash = :h"
+    "principal, roles, created_at, revoked_at, totp_secret FROM api_keys WHERE key_hash = :h"
 )
 SELECT_USAGE = (
     "SELECT month_key, month_count, day_key, day_count, minute_key, minute_count "
@@ -55,12 +59,32 @@ UPSERT_USAGE = (
     "day_key = excluded.day_key, day_count = excluded.day_count, "
     "minute_key = excluded.minute_key, minute_count = excluded.minute_count"
 )
+_NEEDS_APPROVAL = frozenset(
+    {"APPROVAL_REQUIRED_PENDING", "APPROVAL_EXPIRED", "APPROVAL_SCOPE_MISMATCH"})
+_FALLBACK_RULE = ApprovalRule(1, frozenset(), False, 86400.0, 900.0)
+
+
+def _action_summary(request: CheckRequest, body: dict[str, Any]) -> dict[str, Any]:
+    """What an approver sees of the action (the inputs of the action digest)."""
+    ctx = request.context
+    return {
+        "goal": request.goal,
+        "tools": sorted({normalize_name(t) for t in request.tools or ()}),
+        "side_effects": sorted({normalize_name(s) for s in request.side_effects or ()}),
+        "arguments": request.arguments or {},
+        "environment": body.get("environment"),
+        "resource_scope": ctx.resource_scope if ctx is not None else None,
+        "target_resources": ctx.target_resources if ctx is not None else None,
+    }
+
+
 SELECT_BY_REQUEST = (
     "SELECT input_sha256, response, http_status FROM decisions "
     "WHERE tenant_id = :t AND request_id = :r"
 )
 _KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_quota",
-                "daily_quota", "per_minute", "principal", "roles", "created_at", "revoked_at")
+                "daily_quota", "per_minute", "principal", "roles", "created_at", "revoked_at",
+                "totp_secret")
 
 
 @dataclass(slots=True)
@@ -90,6 +114,9 @@ class Job:
     request_id: str
     client_request_id: bool
     started: float
+    op: str = "check"
+    """``check``, ``approve``, ``reject`` or ``consume``."""
+    payload: dict[str, Any] = field(default_factory=dict)
     future: Future[Outcome] = field(default_factory=Future)
     key: ApiKey | None = None
     parse_us: float = 0.0
@@ -126,12 +153,18 @@ class Pipeline:
         self.frozen_time = frozen_time
         self.batch_max = batch_max
         self.run_state = TransactionRunState(store)
-        self.engine = Engine(policy, run_state=self.run_state, clock=clock)
+        self.approvals = ApprovalStore(store)
+        self.keyring = Keyring(store)
+        self.engine = Engine(policy, run_state=self.run_state, approvals=self.approvals,
+                             clock=clock)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._conn: Any = None
         self._sql = {name: store.sql(text) for name, text in {
             "key": SELECT_KEY, "usage": SELECT_USAGE, "upsert_usage": UPSERT_USAGE,
-            "by_request": SELECT_BY_REQUEST}.items()}
+            "by_request": SELECT_BY_REQUEST,
+            "token_used": "SELECT 1 FROM token_uses WHERE jti = :j",
+            "token_use": "INSERT INTO token_uses (jti, tenant_id, key_id, consumed_us) "
+                         "VALUES (:j, :t, :k, :c)"}.items()}
         self._thread = threading.Thread(target=self._run, name="stage0-writer", daemon=True)
         self._thread.start()
 
@@ -199,6 +232,7 @@ class Pipeline:
                     for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
                 self.run_state.begin(cur)
+                self.approvals.cursor = cur
                 outcomes = [self._handle_safely(cur, job, state) for job in batch]
                 self.run_state.flush()
                 self._save_usage(cur, state)
@@ -210,6 +244,7 @@ class Pipeline:
                 metrics.BATCH_SIZE.observe(len(batch))
             finally:
                 self.run_state.end()
+                self.approvals.cursor = None
                 cur.close()
         except Exception as exc:  # noqa: BLE001 - any store failure fails the batch closed
             log.error("decision log unavailable, failing %d request(s) closed: %s",
@@ -240,6 +275,200 @@ class Pipeline:
             return None
         return ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
 
+    # -- approvals and tokens ------------------------------------------------------------------
+
+    def _approval_for(
+        self, state: _Batch, chain: ledger.ChainCursor, job: Job, key: ApiKey,
+        request: CheckRequest, body: dict[str, Any], now: datetime,
+    ) -> dict[str, Any]:
+        """The pending approval request for this exact action: reused, or created (and logged)."""
+        now_us = int(now.timestamp() * 1e6)
+        tenant, digest = key.tenant_id, body["action_digest"]
+        approval = self.approvals.pending_for(tenant, digest, now_us)
+        if approval is None:
+            ctx = request.context
+            approval = self.approvals.create(
+                tenant=tenant, digest=digest, action=_action_summary(request, body),
+                buckets=list(body["buckets"]), environment=body.get("environment"),
+                request_id=job.request_id, key_id=key.id, principal=key.principal,
+                actor_id=ctx.actor_id if ctx is not None else None,
+                policy_version=self.policy_version,
+                rule=(self.policy.approval_rule(body["buckets"]) if self.policy is not None
+                      else _FALLBACK_RULE),
+                now_us=now_us,
+            )
+            self._log_event(state, chain, key, now, "approval.created", approval,
+                            {"approval_id": approval.id, "request_id": job.request_id})
+        return approval.view(now_us)
+
+    def _token_for(self, key: ApiKey, request: CheckRequest, body: dict[str, Any],
+                   now: datetime) -> str:
+        ttl = self.policy.token_ttl if self.policy is not None else 60.0
+        issuer = self.policy.token_issuer if self.policy is not None else "stage0"
+        approval = body["guardrail_checks"].get("approval", {})
+        iat = int(now.timestamp())
+        return self.keyring.sign({
+            "iss": issuer,
+            "sub": key.tenant_id,
+            "jti": body["request_id"],
+            "action_digest": body["action_digest"],
+            "policy_version": body["policy_version"],
+            "buckets": list(body["buckets"]),
+            "approval_id": approval.get("approval_id") if approval.get("verified") else None,
+            "environment": body.get("environment"),
+            "iat": iat,
+            "exp": iat + int(ttl),
+        })
+
+    def _handle_other(self, job: Job, state: _Batch) -> Outcome:
+        key, rid = job.key, job.request_id
+        if key is None:
+            return Outcome(401, error_body(401, "Invalid or missing API key", rid))
+        now = self.clock()
+        chain = state.chains.get(key.tenant_id)
+        if chain is None:
+            chain = state.chains[key.tenant_id] = ledger.read_head(
+                self.store, self.approvals.cursor, key.tenant_id)
+        if job.op == "consume":
+            return self._consume(job, key, state, chain, now)
+        return self._decide(job, key, state, chain, now)
+
+    def _decide(self, job: Job, key: ApiKey, state: _Batch, chain: ledger.ChainCursor,
+                now: datetime) -> Outcome:
+        rid, p = job.request_id, job.payload
+        now_us = int(now.timestamp() * 1e6)
+
+        def refuse(status: int, code: str, detail: str) -> Outcome:
+            metrics.REFUSED.labels(status=str(status)).inc()
+            return Outcome(status, error_body(status, detail, rid, code=code))
+
+        if "approve" not in key.scopes and "admin" not in key.scopes:
+            return refuse(403, "APPROVER_SCOPE_MISSING",
+                          "This key lacks the `approve` scope; agent keys cannot approve")
+        approval = self.approvals.get(key.tenant_id, str(p["approval_id"]))
+        if approval is None:
+            return refuse(404, "APPROVAL_NOT_FOUND",
+                          f"No approval request `{p['approval_id']}` in this tenant")
+        status = approval.status_at(now_us)
+        if status == "expired":
+            if approval.row["status"] != "expired":
+                self.approvals.set_status(approval, "expired", now_us)
+                self._log_event(state, chain, key, now, "approval.expired", approval, {})
+            return refuse(409, "APPROVAL_EXPIRED", f"Approval `{approval.id}` has expired")
+        if status != "pending":
+            return refuse(409, "APPROVAL_ALREADY_DECIDED",
+                          f"Approval `{approval.id}` is already {status}")
+        principal = key.principal or key.id
+        row = approval.row
+        if (key.id == row["requested_by_key"]
+                or principal in {row["requested_by_principal"], row["actor_id"]}):
+            return refuse(403, "SELF_APPROVAL",
+                          "The requester cannot decide its own approval request")
+        eligible = set(orjson.loads(row["eligible_roles"]))
+        if eligible and not eligible & {normalize_name(r) for r in key.roles}:
+            return refuse(403, "APPROVER_ROLE_NOT_ELIGIBLE",
+                          "The approver holds none of the roles " + ", ".join(sorted(eligible)))
+        if any(v["principal"] == principal for v in approval.votes):
+            return refuse(409, "APPROVAL_ALREADY_VOTED",
+                          f"`{principal}` has already decided on this request")
+        mfa = False
+        if row["requires_mfa"]:
+            if key.totp_secret is None:
+                return refuse(403, "APPROVER_MFA_NOT_ENROLLED",
+                              "This request needs approver MFA and the key has no TOTP enrolled")
+            if not p.get("totp"):
+                return refuse(401, "APPROVER_MFA_REQUIRED", "This request needs a TOTP code")
+            if not key.verify_totp(str(p["totp"]), time.time()):
+                return refuse(403, "APPROVER_MFA_INVALID", "The TOTP code is not valid")
+            mfa = True
+        decision = "approve" if job.op == "approve" else "reject"
+        self.approvals.record_vote(approval, key_id=key.id, principal=principal,
+                                   decision=decision, reason=str(p.get("reason") or ""),
+                                   mfa=mfa, now_us=now_us)
+        self._log_event(state, chain, key, now, "approval.vote", approval,
+                        {"decision": decision, "principal": principal,
+                         "reason": p.get("reason") or "", "mfa": mfa})
+        if decision == "reject":
+            self.approvals.set_status(approval, "rejected", now_us)
+            self._log_event(state, chain, key, now, "approval.rejected", approval, {})
+        elif sum(1 for v in approval.votes if v["decision"] == "approve") >= int(
+                row["required_approvals"]):
+            self.approvals.set_status(approval, "approved", now_us)
+            self._log_event(state, chain, key, now, "approval.approved", approval, {})
+        return Outcome(200, approval.view(now_us))
+
+    def _consume(self, job: Job, key: ApiKey, state: _Batch, chain: ledger.ChainCursor,
+                 now: datetime) -> Outcome:
+        rid, p = job.request_id, job.payload
+        cur = self.approvals.cursor
+
+        def refuse(status: int, code: str, detail: str) -> Outcome:
+            return Outcome(status, error_body(status, detail, rid, code=code))
+
+        try:
+            claims = self.keyring.verify(str(p.get("token") or ""), now.timestamp())
+        except TokenError as exc:
+            return refuse(401, "TOKEN_INVALID", f"The execution token is not valid: {exc}")
+        if claims.get("sub") != key.tenant_id:
+            return refuse(401, "TOKEN_WRONG_TENANT", "The token was issued to another tenant")
+        if claims.get("action_digest") != p.get("action_digest"):
+            return refuse(401, "TOKEN_DIGEST_MISMATCH",
+                          "The token was issued for a different action")
+        jti = str(claims.get("jti"))
+        cur.execute(self._sql["token_used"], {"j": jti})
+        if cur.fetchone() is not None:
+            return refuse(409, "TOKEN_ALREADY_CONSUMED", "The token has already been used")
+        now_us = int(now.timestamp() * 1e6)
+        cur.execute(self._sql["token_use"], {"j": jti, "t": key.tenant_id, "k": key.id,
+                                             "c": now_us})
+        body = {"consumed": True, "jti": jti, "request_id": jti,
+                "action_digest": claims.get("action_digest"),
+                "approval_id": claims.get("approval_id"), "buckets": claims.get("buckets"),
+                "policy_version": claims.get("policy_version"),
+                "consumed_at": now.timestamp(), "consumed_by": key.principal or key.id}
+        self._log_event(state, chain, key, now, "token.consumed", None, body,
+                        digest=str(claims.get("action_digest")),
+                        environment=claims.get("environment"),
+                        buckets=list(claims.get("buckets") or []))
+        return Outcome(200, body)
+
+    def _log_event(
+        self, state: _Batch, chain: ledger.ChainCursor, key: ApiKey, now: datetime,
+        kind: str, approval: Any, detail: dict[str, Any], *, digest: str | None = None,
+        environment: str | None = None, buckets: list[str] | None = None,
+    ) -> None:
+        """An approval or token event in the tenant's hash chain."""
+        event_id = str(uuid.uuid4())
+        now_us = int(now.timestamp() * 1e6)
+        view = approval.view(now_us) if approval is not None else None
+        body = {"event": kind, "event_id": event_id, "actor": key.principal or key.id,
+                "key_id": key.id, **detail, "approval": view}
+        payload = orjson.dumps(body)
+        record = {
+            "tenant_id": key.tenant_id,
+            "request_id": event_id,
+            "key_id": key.id,
+            "kind": kind,
+            "http_status": 200,
+            "verdict": "",
+            "decision": "",
+            "policy_version": view["policy_version"] if view else self.policy_version,
+            "policy_sha256": self.policy.sha256 if self.policy is not None else "",
+            "input_sha256": hashlib.sha256(payload).hexdigest(),
+            "action_digest": view["action_digest"] if view else (digest or ""),
+            "environment": view["environment"] if view else environment,
+            "tools": orjson.dumps(view["action"]["tools"] if view else []).decode(),
+            "buckets": orjson.dumps(view["buckets"] if view else (buckets or [])).decode(),
+            "request": orjson.dumps({k: v for k, v in detail.items()
+                                     if k != "approval"}).decode(),
+            "redacted_paths": "[]",
+            "response": payload.decode(),
+            "frozen_time": self.frozen_time,
+            "timings": "{}",
+            "created_us": now_us,
+        }
+        ledger.append(chain, record)
+
     def _save_usage(self, cur: Any, state: _Batch) -> None:
         if state.usage and state.windows is not None:
             w = state.windows
@@ -253,7 +482,9 @@ class Pipeline:
         """One job's failure fails that job closed, not its batch (its writes are deferred to the
         end of the batch, so nothing of it reaches the store)."""
         try:
-            return self._handle(cur, job, state)
+            if job.op == "check":
+                return self._handle(cur, job, state)
+            return self._handle_other(job, state)
         except Exception as exc:  # fail this request closed, keep the batch
             log.exception("request %s failed closed", job.request_id)
             metrics.FAIL_CLOSED.labels(reason="internal").inc()
@@ -316,12 +547,18 @@ class Pipeline:
         state.usage[key.id] = Counts(counts.month + 1, counts.day + 1, counts.minute + 1)
 
         started = time.perf_counter()
+        now_us = int(now.timestamp() * 1e6)
+        self.approvals.now_us = now_us
         decision = self.engine.evaluate(
             request, at=now, request_id=rid, tenant=tenant,
             input_sha256=hashlib.sha256(job.raw).hexdigest(),
         )
         eval_us = (time.perf_counter() - started) * 1e6
         body = decision.body
+        if body["verdict"] == "DEFER" and _NEEDS_APPROVAL & set(decision.issue_codes):
+            body["approval"] = self._approval_for(state, chain, job, key, request, body, now)
+        elif body["verdict"] == "ALLOW" and body["buckets"]:
+            body["execution_token"] = self._token_for(key, request, body, now)
         encoded = decision.to_json()
         self._log(state, chain, job, key, now, 200, "decision", body, eval_us, encoded)
         metrics.count_answer(body["verdict"], body["buckets"],

@@ -84,8 +84,15 @@ class Store:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        """A write transaction (on SQLite ``BEGIN IMMEDIATE``: the write lock is taken at once,
+        so two writers queue instead of deadlocking on a lock upgrade)."""
+        with self.engine.connect() as conn:
+            conn.info["immediate"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop("immediate", None)
 
     @contextmanager
     def raw(self) -> Iterator[Any]:
@@ -117,4 +124,5 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Reads take no lock in WAL mode (plain BEGIN); writes announce themselves (Store.begin).
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")

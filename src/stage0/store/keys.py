@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pyotp
 from sqlalchemy import select, update
 
 from stage0.store.database import Store
@@ -45,6 +46,21 @@ class ApiKey:
     roles: tuple[str, ...]
     created_at: float
     revoked_at: float | None
+    totp_secret: str | None = None
+
+    @property
+    def totp_uri(self) -> str | None:
+        """The otpauth:// provisioning URI of the key's TOTP secret (RFC 6238), if enrolled."""
+        if self.totp_secret is None:
+            return None
+        return pyotp.TOTP(self.totp_secret).provisioning_uri(
+            name=self.principal or self.name, issuer_name=f"Stage0 ({self.tenant_id})")
+
+    def verify_totp(self, code: str | None, at: float) -> bool:
+        if self.totp_secret is None or not code:
+            return False
+        return bool(pyotp.TOTP(self.totp_secret).verify(code.strip(), for_time=at,
+                                                         valid_window=1))
 
     @classmethod
     def from_row(cls, row: Any) -> ApiKey:
@@ -63,6 +79,7 @@ class ApiKey:
             roles=tuple(r for r in (m["roles"] or "").split(",") if r),
             created_at=m["created_at"],
             revoked_at=m["revoked_at"],
+            totp_secret=m.get("totp_secret") if hasattr(m, "get") else m["totp_secret"],
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -72,6 +89,7 @@ class ApiKey:
             "daily_quota": self.daily_quota, "per_minute": self.per_minute,
             "principal": self.principal, "roles": list(self.roles),
             "created_at": self.created_at, "revoked_at": self.revoked_at,
+            "mfa_enrolled": self.totp_secret is not None,
         }
 
 
@@ -92,6 +110,7 @@ def create_key(
     unlimited: bool = False,
     principal: str | None = None,
     roles: list[str] | tuple[str, ...] = (),
+    totp: bool = False,
 ) -> tuple[ApiKey, str]:
     """Create a key (and its tenant if new). Returns the record and the secret, shown once."""
     bad = [s for s in scopes if s not in SCOPES]
@@ -125,6 +144,7 @@ def create_key(
         "roles": ",".join(roles),
         "created_at": now,
         "revoked_at": None,
+        "totp_secret": pyotp.random_base32() if totp else None,
     }
     with store.begin() as conn:
         if conn.execute(select(tenants.c.id).where(tenants.c.id == tenant)).first() is None:

@@ -42,6 +42,7 @@ api_keys = Table(
     Column("roles", Text, nullable=False, server_default=""),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("totp_secret", String(64)),
 )
 
 key_usage = Table(
@@ -107,4 +108,67 @@ chain_heads = Table(
     Column("tenant_id", String(100), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("row_hash", String(64), nullable=False),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("action_digest", String(64), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("buckets", Text, nullable=False),
+    Column("environment", String(200)),
+    Column("request_id", String(100), nullable=False),
+    Column("requested_by_key", String(40), nullable=False),
+    Column("requested_by_principal", String(200)),
+    Column("actor_id", String(2000)),
+    Column("policy_version", String(200), nullable=False),
+    Column("required_approvals", Integer, nullable=False),
+    Column("approvals_count", Integer, nullable=False),
+    Column("eligible_roles", Text, nullable=False),
+    Column("requires_mfa", Integer, nullable=False),
+    Column("execute_within_s", Float, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("decided_us", BigInteger),
+    Column("execute_by_us", BigInteger),
+    Index("ix_approvals_tenant_digest", "tenant_id", "action_digest", "status"),
+    Index("ix_approvals_tenant_status", "tenant_id", "status"),
+)
+
+approval_votes = Table(
+    "approval_votes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("approval_id", String(40), nullable=False),
+    Column("tenant_id", String(100), nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("principal", String(200), nullable=False),
+    Column("decision", String(10), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("mfa", Integer, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    UniqueConstraint("approval_id", "principal", name="uq_votes_approval_principal"),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("private_pem", Text, nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("retired_us", BigInteger),
+)
+
+token_uses = Table(
+    "token_uses",
+    metadata,
+    Column("jti", String(100), primary_key=True),
+    Column("tenant_id", String(100), nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("consumed_us", BigInteger, nullable=False),
 )

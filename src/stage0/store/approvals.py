@@ -1,0 +1,242 @@
+"""Approval requests: created on a DEFER that needs approval, decided by authenticated approvers.
+
+Writes happen inside the decision pipeline's transaction (raw cursor, tenant lock held); reads
+for the API and the CLI use SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, select
+
+from stage0.engine.approvals import ApprovalEvidence
+from stage0.policy.compiled import ApprovalRule
+from stage0.store.database import Store
+from stage0.store.schema import approval_votes, approvals
+
+COLUMNS = (
+    "id", "tenant_id", "status", "action_digest", "action", "buckets", "environment",
+    "request_id", "requested_by_key", "requested_by_principal", "actor_id", "policy_version",
+    "required_approvals", "approvals_count", "eligible_roles", "requires_mfa", "execute_within_s",
+    "created_us", "expires_us", "decided_us", "execute_by_us",
+)
+SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
+SELECT_PENDING = (
+    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND action_digest = :d "
+    "AND status = 'pending' AND expires_us > :now ORDER BY created_us DESC LIMIT 1"
+)
+INSERT = (
+    f"INSERT INTO approvals ({', '.join(COLUMNS)}) VALUES "
+    f"({', '.join(':' + c for c in COLUMNS)})"
+)
+UPDATE = (
+    "UPDATE approvals SET status = :status, approvals_count = :n, decided_us = :decided, "
+    "execute_by_us = :execute_by WHERE id = :i"
+)
+INSERT_VOTE = (
+    "INSERT INTO approval_votes (approval_id, tenant_id, key_id, principal, decision, reason, "
+    "mfa, created_us) VALUES (:a, :t, :k, :p, :d, :r, :m, :c)"
+)
+SELECT_VOTES = (
+    "SELECT principal, key_id, decision, reason, mfa, created_us FROM approval_votes "
+    "WHERE approval_id = :a ORDER BY id"
+)
+
+
+def _iso(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Approval:
+    row: dict[str, Any]
+    votes: list[dict[str, Any]]
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    def status_at(self, now_us: int) -> str:
+        """``expired`` once a pending request passes its expiry, whatever the stored status."""
+        status = str(self.row["status"])
+        if status == "pending" and now_us >= int(self.row["expires_us"]):
+            return "expired"
+        return status
+
+    def view(self, now_us: int) -> dict[str, Any]:
+        """The ``approval`` object of the API (CONTRACT section 6)."""
+        r = self.row
+        action = orjson.loads(r["action"])
+        return {
+            "approval_id": r["id"],
+            "status": self.status_at(now_us),
+            "required_approvals": r["required_approvals"],
+            "approvals": [v["principal"] for v in self.votes if v["decision"] == "approve"],
+            "rejections": [v["principal"] for v in self.votes if v["decision"] == "reject"],
+            "eligible_roles": orjson.loads(r["eligible_roles"]),
+            "requires_mfa": bool(r["requires_mfa"]),
+            "requested_by": {"principal": r["requested_by_principal"],
+                             "key_id": r["requested_by_key"], "actor_id": r["actor_id"]},
+            "environment": r["environment"],
+            "action_digest": r["action_digest"],
+            "action": action,
+            "buckets": orjson.loads(r["buckets"]),
+            "request_id": r["request_id"],
+            "policy_version": r["policy_version"],
+            "created_at": _iso(r["created_us"]),
+            "expires_at": _iso(r["expires_us"]),
+            "decided_at": _iso(r["decided_us"]),
+            "execute_by": _iso(r["execute_by_us"]),
+            "votes": [
+                {**v, "created_at": _iso(v.pop("created_us")), "mfa": bool(v["mfa"])}
+                for v in (dict(x) for x in self.votes)
+            ],
+        }
+
+    def evidence(self, now_us: int) -> ApprovalEvidence:
+        r = self.row
+        return ApprovalEvidence(
+            approval_id=self.id,
+            status=self.status_at(now_us),  # type: ignore[arg-type]  # one of the four states
+            action_digest=r["action_digest"],
+            expires_at=datetime.fromtimestamp(r["expires_us"] / 1e6, UTC),
+            execute_by=(None if r["execute_by_us"] is None
+                        else datetime.fromtimestamp(r["execute_by_us"] / 1e6, UTC)),
+            approvers=tuple(v["principal"] for v in self.votes if v["decision"] == "approve"),
+        )
+
+
+class ApprovalStore:
+    """Approval operations on the pipeline's cursor (inside its transaction)."""
+
+    def __init__(self, store: Store) -> None:
+        self._sql = {k: store.sql(v) for k, v in {
+            "one": SELECT_ONE, "pending": SELECT_PENDING, "insert": INSERT, "update": UPDATE,
+            "vote": INSERT_VOTE, "votes": SELECT_VOTES}.items()}
+        self.cursor: Any = None
+        self.now_us = 0
+
+    def _fetch(self, sql: str, params: dict[str, Any]) -> Approval | None:
+        cur = self.cursor
+        cur.execute(self._sql[sql], params)
+        row = cur.fetchone()
+        if row is None:
+            return None
+        record = dict(zip(COLUMNS, row, strict=True))
+        cur.execute(self._sql["votes"], {"a": record["id"]})
+        votes = [dict(zip(("principal", "key_id", "decision", "reason", "mfa", "created_us"), v,
+                          strict=True)) for v in cur.fetchall()]
+        return Approval(record, votes)
+
+    def get(self, tenant: str, approval_id: str) -> Approval | None:
+        return self._fetch("one", {"t": tenant, "i": approval_id})
+
+    def pending_for(self, tenant: str, digest: str, now_us: int) -> Approval | None:
+        return self._fetch("pending", {"t": tenant, "d": digest, "now": now_us})
+
+    def create(
+        self, *, tenant: str, digest: str, action: dict[str, Any], buckets: list[str],
+        environment: str | None, request_id: str, key_id: str, principal: str | None,
+        actor_id: str | None, policy_version: str, rule: ApprovalRule, now_us: int,
+    ) -> Approval:
+        record = {
+            "id": "apr_" + secrets.token_hex(8),
+            "tenant_id": tenant,
+            "status": "pending",
+            "action_digest": digest,
+            "action": orjson.dumps(action).decode(),
+            "buckets": orjson.dumps(buckets).decode(),
+            "environment": environment,
+            "request_id": request_id,
+            "requested_by_key": key_id,
+            "requested_by_principal": principal,
+            "actor_id": actor_id,
+            "policy_version": policy_version,
+            "required_approvals": rule.quorum,
+            "approvals_count": 0,
+            "eligible_roles": orjson.dumps(sorted(rule.approver_roles)).decode(),
+            "requires_mfa": int(rule.approver_mfa),
+            "execute_within_s": rule.execute_within,
+            "created_us": now_us,
+            "expires_us": now_us + int(rule.expires_in * 1e6),
+            "decided_us": None,
+            "execute_by_us": None,
+        }
+        self.cursor.execute(self._sql["insert"], record)
+        return Approval(record, [])
+
+    def record_vote(self, approval: Approval, *, key_id: str, principal: str, decision: str,
+                    reason: str, mfa: bool, now_us: int) -> None:
+        self.cursor.execute(self._sql["vote"], {
+            "a": approval.id, "t": approval.row["tenant_id"], "k": key_id, "p": principal,
+            "d": decision, "r": reason, "m": int(mfa), "c": now_us})
+        approval.votes.append({"principal": principal, "key_id": key_id, "decision": decision,
+                               "reason": reason, "mfa": int(mfa), "created_us": now_us})
+
+    def set_status(self, approval: Approval, status: str, now_us: int) -> None:
+        row = approval.row
+        row["status"] = status
+        row["approvals_count"] = sum(1 for v in approval.votes if v["decision"] == "approve")
+        if status != "pending":
+            row["decided_us"] = now_us
+        if status == "approved":
+            row["execute_by_us"] = now_us + int(float(row["execute_within_s"]) * 1e6)
+        self.cursor.execute(self._sql["update"], {
+            "status": status, "n": row["approvals_count"], "decided": row["decided_us"],
+            "execute_by": row["execute_by_us"], "i": approval.id})
+
+    # -- the engine's ApprovalResolver -------------------------------------------------------
+
+    def resolve(self, tenant: str, approval_id: str) -> ApprovalEvidence | None:
+        approval = self.get(tenant, approval_id)
+        return None if approval is None else approval.evidence(self.now_us)
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as a dict with plain ``str`` keys (SQLAlchemy's are a ``str`` subclass)."""
+    return {str(k): v for k, v in row._mapping.items()}
+
+
+def list_approvals(store: Store, tenant: str, status: str | None, now_us: int,
+                   limit: int = 100) -> list[dict[str, Any]]:
+    query = select(approvals).where(approvals.c.tenant_id == tenant)
+    if status in ("approved", "rejected"):
+        query = query.where(approvals.c.status == status)
+    elif status == "pending":
+        query = query.where(and_(approvals.c.status == "pending",
+                                 approvals.c.expires_us > now_us))
+    elif status == "expired":
+        query = query.where((approvals.c.status == "expired") | and_(
+            approvals.c.status == "pending", approvals.c.expires_us <= now_us))
+    query = query.order_by(approvals.c.created_us.desc()).limit(limit)
+    with store.connect() as conn:
+        rows = [_plain(r) for r in conn.execute(query)]
+        out = []
+        for row in rows:
+            votes = [_plain(v) for v in conn.execute(
+                select(approval_votes.c.principal, approval_votes.c.key_id,
+                       approval_votes.c.decision, approval_votes.c.reason, approval_votes.c.mfa,
+                       approval_votes.c.created_us)
+                .where(approval_votes.c.approval_id == row["id"]).order_by(approval_votes.c.id))]
+            out.append(Approval(row, votes).view(now_us))
+    return out
+
+
+def get_approval(store: Store, tenant: str, approval_id: str, now_us: int) -> dict[str, Any] | None:
+    with store.connect() as conn:
+        row = conn.execute(select(approvals).where(
+            and_(approvals.c.tenant_id == tenant, approvals.c.id == approval_id))).first()
+        if row is None:
+            return None
+        votes = [_plain(v) for v in conn.execute(
+            select(approval_votes.c.principal, approval_votes.c.key_id, approval_votes.c.decision,
+                   approval_votes.c.reason, approval_votes.c.mfa, approval_votes.c.created_us)
+            .where(approval_votes.c.approval_id == approval_id).order_by(approval_votes.c.id))]
+    return Approval(_plain(row), votes).view(now_us)

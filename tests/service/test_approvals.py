@@ -1,0 +1,330 @@
+"""Approvals and execution tokens end to end (CONTRACT section 6), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pyotp
+import pytest
+from click.testing import CliRunner
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from stage0.cli.main import cli
+from stage0.policy.loader import default_pack_text
+from stage0.store import Store, ledger
+from stage0.store.keys import ApiKey, create_key
+from tests.service.conftest import Api, running_app, start_server
+
+T0 = "2026-03-17T10:00:00Z"
+PAYOUT = {
+    "goal": "Release the manual payout for invoice 2231",
+    "success_criteria": ["The vendor is paid"],
+    "tools": ["payments.create_payout"],
+    "side_effects": ["money movement"],
+    "constraints": ["approval required", "max_records: 1"],
+    "arguments": {"vendor": "acme-supplies", "amount": 1250, "currency": "EUR"},
+    "context": {"environment": "production", "actor_id": "agent-7"},
+}
+
+
+def strict_pack(tmp_path: Path) -> str:
+    """The default pack with quorum 2, approver MFA and eligible role risk_ops."""
+    text = default_pack_text().replace(
+        "  quorum: 1             # approvals needed; one rejection ends the request\n"
+        "  approver_roles: []    # empty: any principal whose key has the `approve` scope\n"
+        "  approver_mfa: false   # true: approvers must send a valid TOTP code\n",
+        "  quorum: 2\n  approver_roles: [risk_ops]\n  approver_mfa: true\n",
+    )
+    assert "quorum: 2" in text
+    path = tmp_path / "strict.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+class People:
+    def __init__(self, store: Store) -> None:
+        def key(name: str, **kw: Any) -> tuple[ApiKey, str]:
+            return create_key(store, tenant="default", name=name, plan="pro", unlimited=True,
+                              **kw)
+        self.agent, self.agent_key = key("agent", scopes=["check"], principal="agent-7")
+        self.alice, self.alice_key = key("alice", scopes=["approve"], principal="alice",
+                                         roles=["risk_ops"], totp=True)
+        self.bob, self.bob_key = key("bob", scopes=["approve", "check"], principal="bob",
+                                     roles=["risk_ops"], totp=True)
+        self.carol, self.carol_key = key("carol", scopes=["approve"], principal="carol",
+                                         roles=["support"], totp=True)
+        self.selfie, self.selfie_key = key("agent-approver", scopes=["approve"],
+                                           principal="agent-7", roles=["risk_ops"], totp=True)
+        self.other, self.other_key = create_key(store, tenant="globex", name="other",
+                                                scopes=["check"], plan="pro", unlimited=True)
+
+
+def totp(key: ApiKey) -> str:
+    assert key.totp_secret is not None
+    return pyotp.TOTP(key.totp_secret).now()
+
+
+def vote(api: Api, secret: str, approval_id: str, op: str = "approve",
+         **body: Any) -> httpx.Response:
+    return api.client.post(f"/v1/approvals/{approval_id}/{op}", json={"reason": "ok", **body},
+                           headers={"x-api-key": secret})
+
+
+def consume(api: Api, secret: str, token: str, digest: str) -> httpx.Response:
+    return api.client.post("/v1/tokens/consume", json={"token": token, "action_digest": digest},
+                           headers={"x-api-key": secret})
+
+
+def test_the_whole_path(db_url: str, tmp_path: Path) -> None:
+    with running_app(db_url, frozen_time=T0, policy=strict_pack(tmp_path)) as api:
+        p = People(api.store)
+        first = api.check(PAYOUT, key=p.agent_key).json()
+        assert first["verdict"] == "DEFER"
+        approval = first["approval"]
+        assert approval["status"] == "pending"
+        assert (approval["required_approvals"], approval["requires_mfa"]) == (2, True)
+        assert approval["eligible_roles"] == ["risk_ops"]
+        assert approval["requested_by"] == {"principal": "agent-7", "key_id": p.agent.id,
+                                            "actor_id": "agent-7"}
+        assert approval["action"]["arguments"]["amount"] == 1250
+        assert approval["action_digest"] == first["action_digest"]
+        aid = approval["approval_id"]
+        again = api.check(PAYOUT, key=p.agent_key).json()
+        assert again["approval"]["approval_id"] == aid  # reused for the same action
+
+        refusals = [
+            (vote(api, p.agent_key, aid), 403, "APPROVER_SCOPE_MISSING"),
+            (vote(api, p.selfie_key, aid, totp=totp(p.selfie)), 403, "SELF_APPROVAL"),
+            (vote(api, p.carol_key, aid, totp=totp(p.carol)), 403, "APPROVER_ROLE_NOT_ELIGIBLE"),
+            (vote(api, p.alice_key, aid), 401, "APPROVER_MFA_REQUIRED"),
+            (vote(api, p.alice_key, aid, totp="000000" if totp(p.alice) != "000000"
+                  else "111111"), 403, "APPROVER_MFA_INVALID"),
+            (vote(api, p.alice_key, "apr_missing", totp=totp(p.alice)), 404,
+             "APPROVAL_NOT_FOUND"),
+        ]
+        for response, status, code in refusals:
+            assert (response.status_code, response.json().get("code")) == (status, code), \
+                response.text
+            assert {"detail", "request_id", "code"} <= set(response.json())
+
+        granted = vote(api, p.alice_key, aid, totp=totp(p.alice))
+        assert granted.status_code == 200, granted.text
+        assert (granted.json()["status"], granted.json()["approvals"]) == ("pending", ["alice"])
+        twice = vote(api, p.alice_key, aid, totp=totp(p.alice))
+        assert twice.json()["code"] == "APPROVAL_ALREADY_VOTED"
+
+        with_id = {**PAYOUT, "context": {**PAYOUT["context"], "approval_id": aid}}
+        pending = api.check(with_id, key=p.agent_key).json()
+        assert pending["verdict"] == "DEFER"
+        assert "APPROVAL_REQUIRED_PENDING" in [i["code"] for i in pending["issues"]]
+
+        done = vote(api, p.bob_key, aid, totp=totp(p.bob))
+        assert done.json()["status"] == "approved"
+        assert done.json()["execute_by"] == "2026-03-17T10:15:00Z"
+
+        allowed = api.check(with_id, key=p.agent_key).json()
+        assert allowed["verdict"] == "ALLOW", allowed["reason"]
+        assert allowed["guardrail_checks"]["approval"]["verified"] is True
+        assert allowed["guardrail_checks"]["approval"]["approvers"] == ["alice", "bob"]
+        token = allowed["execution_token"]
+
+        # the runtime verifies the token with the published keys, as any JOSE library would
+        keys = KeySet.import_key_set(api.client.get("/.well-known/jwks.json").json())
+        claims = jwt.decode(token, keys, algorithms=["Ed25519"]).claims
+        assert claims["sub"] == "default"
+        assert claims["jti"] == allowed["request_id"]
+        assert claims["action_digest"] == allowed["action_digest"]
+        assert claims["approval_id"] == aid
+        assert claims["policy_version"] == "stage0-policy-pack@1.0.0"
+        assert claims["buckets"] == ["money_movement"]
+        assert 0 < claims["exp"] - claims["iat"] <= 300
+
+        digest = allowed["action_digest"]
+        wrong = consume(api, p.agent_key, token, "0" * 64)
+        assert (wrong.status_code, wrong.json()["code"]) == (401, "TOKEN_DIGEST_MISMATCH")
+        other = consume(api, p.other_key, token, digest)
+        assert (other.status_code, other.json()["code"]) == (401, "TOKEN_WRONG_TENANT")
+        forged = consume(api, p.agent_key, token[:-6] + "AAAAAA", digest)
+        assert (forged.status_code, forged.json()["code"]) == (401, "TOKEN_INVALID")
+        ok = consume(api, p.agent_key, token, digest)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["approval_id"] == aid
+        replay = consume(api, p.agent_key, token, digest)
+        assert (replay.status_code, replay.json()["code"]) == (409, "TOKEN_ALREADY_CONSUMED")
+
+        changed = {**with_id, "arguments": {**PAYOUT["arguments"], "amount": 9999}}
+        mismatch = api.check(changed, key=p.agent_key).json()
+        assert mismatch["verdict"] == "DEFER"
+        assert "APPROVAL_SCOPE_MISMATCH" in [i["code"] for i in mismatch["issues"]]
+        assert mismatch["approval"]["approval_id"] != aid  # a new request for the new action
+
+        kinds = [r["kind"] for r in ledger.export(api.store, tenant="default", since=None,
+                                                  until=None)]
+        for kind in ("approval.created", "approval.vote", "approval.approved", "token.consumed"):
+            assert kind in kinds, kinds
+        assert all(r.ok for r in ledger.verify(api.store))
+
+
+def test_rejection_ends_the_request(db_url: str, tmp_path: Path) -> None:
+    with running_app(db_url, frozen_time=T0, policy=strict_pack(tmp_path)) as api:
+        p = People(api.store)
+        aid = api.check(PAYOUT, key=p.agent_key).json()["approval"]["approval_id"]
+        assert vote(api, p.alice_key, aid, totp=totp(p.alice)).status_code == 200
+        rejected = vote(api, p.bob_key, aid, "reject", totp=totp(p.bob))
+        assert rejected.json()["status"] == "rejected"
+        assert rejected.json()["rejections"] == ["bob"]
+        late = vote(api, p.alice_key, aid, totp=totp(p.alice))
+        assert (late.status_code, late.json()["code"]) == (409, "APPROVAL_ALREADY_DECIDED")
+        with_id = {**PAYOUT, "context": {**PAYOUT["context"], "approval_id": aid}}
+        body = api.check(with_id, key=p.agent_key).json()
+        assert body["verdict"] == "DENY"
+        assert "APPROVAL_REJECTED" in [i["code"] for i in body["issues"]]
+        listed = api.client.get("/v1/approvals?status=rejected",
+                                headers={"x-api-key": p.alice_key}).json()["items"]
+        assert [a["approval_id"] for a in listed] == [aid]
+
+
+def test_expiry_and_the_execute_by_window(db_url: str, tmp_path: Path) -> None:
+    pack = strict_pack(tmp_path)
+    with running_app(db_url, frozen_time=T0, policy=pack) as api:
+        p = People(api.store)
+        stale = api.check(PAYOUT, key=p.agent_key).json()["approval"]["approval_id"]
+        other = {**PAYOUT, "arguments": {"amount": 5}}
+        granted = api.check(other, key=p.agent_key).json()["approval"]["approval_id"]
+        for who, key in ((p.alice_key, p.alice), (p.bob_key, p.bob)):
+            assert vote(api, who, granted, totp=totp(key)).status_code == 200
+        secrets = (p.agent_key, p.alice_key, p.alice)
+    with running_app(db_url, frozen_time="2026-03-17T10:16:00Z", policy=pack) as api:
+        agent_key, alice_key, alice = secrets
+        late_use = api.check({**other, "context": {**PAYOUT["context"], "approval_id": granted}},
+                             key=agent_key).json()
+        assert late_use["verdict"] == "DEFER"
+        assert "APPROVAL_EXPIRED" in [i["code"] for i in late_use["issues"]]
+    with running_app(db_url, frozen_time="2026-03-18T10:00:01Z", policy=pack) as api:
+        expired = vote(api, alice_key, stale, totp=totp(alice))
+        assert (expired.status_code, expired.json()["code"]) == (409, "APPROVAL_EXPIRED")
+        shown = api.client.get(f"/v1/approvals/{stale}", headers={"x-api-key": alice_key}).json()
+        assert shown["status"] == "expired"
+
+
+def test_default_pack_one_approver_no_mfa(api: Api) -> None:
+    agent = api.new_key(scopes=["check"], principal="bot")
+    approver = api.new_key(scopes=["approve"], principal="dana")
+    first = api.check(PAYOUT, key=agent).json()
+    assert first["approval"]["required_approvals"] == 1
+    assert first["approval"]["requires_mfa"] is False
+    aid = first["approval"]["approval_id"]
+    assert vote(api, approver, aid).json()["status"] == "approved"
+    allowed = api.check({**PAYOUT, "context": {**PAYOUT["context"], "approval_id": aid}},
+                        key=agent).json()
+    assert allowed["verdict"] == "ALLOW"
+    assert allowed["execution_token"].count(".") == 2
+
+
+def test_no_token_for_an_allow_outside_the_buckets(api: Api) -> None:
+    body = api.check({"goal": "Summarize the open tickets for the team",
+                      "success_criteria": ["posted"], "tools": ["ticket_search"]}).json()
+    assert body["verdict"] == "ALLOW"
+    assert body.get("execution_token") is None
+
+
+def test_cli_approvals(db_url: str, tmp_path: Path) -> None:
+    with running_app(db_url, frozen_time=None) as api:
+        agent = api.new_key(scopes=["check"], principal="bot")
+        _, approver = create_key(api.store, tenant="default", name="erin", scopes=["approve"],
+                                 principal="erin", plan="pro", unlimited=True)
+        aid = api.check(PAYOUT, key=agent).json()["approval"]["approval_id"]
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["approvals", "list", "--db", db_url, "--key", approver,
+                                 "--status", "pending", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert [a["approval_id"] for a in orjson.loads(listed.stdout)] == [aid]
+    refused = runner.invoke(cli, ["approvals", "approve", "--db", db_url, "--key", agent, aid])
+    assert refused.exit_code == 1
+    assert "APPROVER_SCOPE_MISSING" in refused.stdout
+    approved = runner.invoke(cli, ["approvals", "approve", "--db", db_url, "--key", approver,
+                                   "--reason", "checked the invoice", aid])
+    assert approved.exit_code == 0, approved.output
+    assert orjson.loads(approved.stdout)["status"] == "approved"
+    shown = runner.invoke(cli, ["approvals", "show", "--db", db_url, aid])
+    assert json.loads(shown.stdout)["votes"][0]["reason"] == "checked the invoice"
+    created = runner.invoke(cli, ["keys", "create", "--db", db_url, "--tenant", "default",
+                                  "--name", "frank", "--scopes", "approve", "--totp",
+                                  "--format", "json"])
+    assert orjson.loads(created.stdout)["totp_uri"].startswith("otpauth://totp/")
+    rotated = runner.invoke(cli, ["keys", "rotate-signing", "--db", db_url])
+    assert rotated.exit_code == 0
+    assert "signing with" in rotated.stdout
+
+
+def test_rotation_keeps_old_tokens_verifiable(api: Api) -> None:
+    from stage0.store.signing import rotate_signing_key  # noqa: PLC0415
+
+    agent = api.new_key(scopes=["check"], principal="bot")
+    approver = api.new_key(scopes=["approve"], principal="dana")
+    aid = api.check(PAYOUT, key=agent).json()["approval"]["approval_id"]
+    vote(api, approver, aid)
+    allowed = api.check({**PAYOUT, "context": {**PAYOUT["context"], "approval_id": aid}},
+                        key=agent).json()
+    old_kid = api.client.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
+    rotate_signing_key(api.store)
+    api.client.app.state  # noqa: B018 - the keyring re-reads keys on an unknown kid
+    jwks = api.client.get("/.well-known/jwks.json").json()
+    assert old_kid in {k["kid"] for k in jwks["keys"]}
+    assert consume(api, agent, allowed["execution_token"],
+                   allowed["action_digest"]).status_code == 200
+
+
+@pytest.mark.parametrize("backend_index", [0, 1], ids=["sqlite", "postgresql"])
+def test_fifty_concurrent_consumptions_across_two_processes(
+    backend_index: int, tmp_path: Path
+) -> None:
+    from tests.service.conftest import BACKENDS, fresh_database  # noqa: PLC0415
+
+    with fresh_database(BACKENDS[backend_index], tmp_path) as url:
+        store = Store(url)
+        store.migrate()
+        _, agent = create_key(store, tenant="default", name="agent", scopes=["check"],
+                              principal="bot", plan="pro", unlimited=True)
+        _, approver = create_key(store, tenant="default", name="dana", scopes=["approve"],
+                                 principal="dana", plan="pro", unlimited=True)
+        store.dispose()
+        servers = [start_server(url, tmp_path, frozen_time=T0) for _ in range(2)]
+        try:
+            a, b = (s.url for s in servers)
+            h = {"x-api-key": agent}
+            aid = httpx.post(f"{a}/check", json=PAYOUT, headers=h, timeout=30).json()[
+                "approval"]["approval_id"]
+            httpx.post(f"{a}/v1/approvals/{aid}/approve", json={"reason": "ok"},
+                       headers={"x-api-key": approver}, timeout=30).raise_for_status()
+            allowed = httpx.post(f"{b}/check", headers=h, timeout=30, json={
+                **PAYOUT, "context": {**PAYOUT["context"], "approval_id": aid}}).json()
+            assert allowed["verdict"] == "ALLOW", allowed["reason"]
+            payload = {"token": allowed["execution_token"],
+                       "action_digest": allowed["action_digest"]}
+            statuses: list[int] = []
+            lock = threading.Lock()
+            start = threading.Barrier(50)
+
+            def attempt(i: int) -> None:
+                start.wait()
+                r = httpx.post(f"{(a, b)[i % 2]}/v1/tokens/consume", json=payload, headers=h,
+                               timeout=30)
+                with lock:
+                    statuses.append(r.status_code)
+
+            threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(statuses) == [200] + [409] * 49
+        finally:
+            for s in servers:
+                s.stop()
