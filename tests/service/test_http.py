@@ -297,3 +297,14 @@ def test_row_hash_is_sha256_of_the_rfc8785_form(api: Api) -> None:
                            {"r": rid}).one()._mapping
     fields = {k: row[k] for k in ledger.HASHED_FIELDS}
     assert row["row_hash"] == hashlib.sha256(rfc8785.dumps(fields)).hexdigest()
+
+
+def test_listing_events_by_kind(api: Api) -> None:
+    h = {"x-api-key": api.key}
+    api.check(request(tools=["payments.refund"], constraints=["approval required"]))
+    decisions = api.client.get("/v1/decisions", headers=h).json()["items"]
+    assert [d["kind"] for d in decisions] == ["decision"]
+    everything = api.client.get("/v1/decisions?kind=all", headers=h).json()["items"]
+    assert sorted(d["kind"] for d in everything) == ["approval.created", "decision"]
+    created = api.client.get("/v1/decisions?kind=approval.created", headers=h).json()["items"]
+    assert created[0]["response"]["approval"]["status"] == "pending"

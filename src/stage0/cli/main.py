@@ -15,7 +15,7 @@ import orjson
 
 from stage0 import __version__
 from stage0.cli.render import render_text
-from stage0.cli.service import approvals, audit, keys, serve
+from stage0.cli.service import approvals, audit, keys, serve, webhooks_group
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError
 from stage0.contract.request import parse_instant
 from stage0.engine import Engine, InMemoryRunState
@@ -202,6 +202,7 @@ cli.add_command(serve)
 cli.add_command(keys)
 cli.add_command(audit)
 cli.add_command(approvals)
+cli.add_command(webhooks_group)
 
 
 def main() -> None:

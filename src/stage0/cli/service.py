@@ -31,6 +31,13 @@ from stage0.store.keys import (
     revoke_key,
 )
 from stage0.store.signing import ensure_signing_key, rotate_signing_key
+from stage0.store.webhooks import (
+    EVENTS,
+    add_webhook,
+    deliveries_for,
+    list_webhooks,
+    remove_webhook,
+)
 
 DB_OPTION = click.option(
     "--db", "db", envvar=URL_ENV, default=None,
@@ -271,6 +278,8 @@ def approvals_show(db: str | None, api_key: str | None, tenant: str | None,
     with _store(db) as store:
         found = get_approval(store, _tenant_of(store, api_key, tenant), approval_id,
                              int(time.time() * 1e6))
+        if found is not None:
+            found["webhook_deliveries"] = deliveries_for(store, approval_id)
     if found is None:
         raise click.UsageError(f"no approval request `{approval_id}`")
     click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2))
@@ -332,6 +341,51 @@ def approvals_reject(db: str | None, api_key: str | None, reason: str, totp: str
                      policy_path: str | None, approval_id: str) -> None:
     """Reject as the principal of --key; one rejection ends the request. Exit 1 when refused."""
     _decide(db, api_key, "reject", approval_id, reason, totp, policy_path)
+
+
+@click.group("webhooks")
+def webhooks_group() -> None:
+    """Webhooks on approval events (signed with HMAC-SHA256, retried with backoff)."""
+
+
+@webhooks_group.command("add")
+@DB_OPTION
+@click.option("--tenant", required=True, help="Tenant whose approval events are sent.")
+@click.option("--url", required=True, help="The receiver (http:// or https://).")
+@click.option("--events", default=",".join(EVENTS), show_default=True,
+              help="Comma-separated events.")
+def webhooks_add(db: str | None, tenant: str, url: str, events: str) -> None:
+    """Add a webhook and print its signing secret once."""
+    with _store(db) as store:
+        try:
+            hook_id, secret = add_webhook(store, tenant, url,
+                                          [e.strip() for e in events.split(",") if e.strip()])
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(f"webhook  {hook_id}")
+    click.echo(f"secret   {secret}")
+    click.echo("Verify Stage0-Signature with this secret; it is shown only once.", err=True)
+
+
+@webhooks_group.command("list")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant's webhooks.")
+def webhooks_list(db: str | None, tenant: str | None) -> None:
+    """List webhooks (never their secrets)."""
+    with _store(db) as store:
+        hooks = list_webhooks(store, tenant)
+    click.echo(orjson.dumps(hooks, option=orjson.OPT_INDENT_2))
+
+
+@webhooks_group.command("remove")
+@DB_OPTION
+@click.argument("webhook_id")
+def webhooks_remove(db: str | None, webhook_id: str) -> None:
+    """Stop sending to a webhook."""
+    with _store(db) as store:
+        if not remove_webhook(store, webhook_id):
+            raise click.UsageError(f"no active webhook `{webhook_id}`")
+    click.echo(f"removed {webhook_id}")
 
 
 @click.group()

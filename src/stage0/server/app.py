@@ -33,6 +33,7 @@ from stage0.store.keys import ApiKey, lookup_key
 from stage0.store.schema import key_usage
 from stage0.store.signing import ensure_signing_key
 from stage0.store.usage import Counts, Windows
+from stage0.store.webhooks import Deliverer, deliveries_for
 
 log = logging.getLogger("stage0.server")
 
@@ -118,10 +119,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         settings.frozen_time)
         else:
             clock = system_clock
-        state.update(store=store, policy=policy, clock=clock, pipeline=Pipeline(
-            store, policy, clock=clock, frozen_time=settings.frozen_time))
+        pipeline = Pipeline(store, policy, clock=clock, frozen_time=settings.frozen_time)
+        sweeps = {"last": 0.0}
+
+        def sweep() -> None:  # expire approvals every 30 s, from the delivery thread
+            if time.monotonic() - sweeps["last"] >= 30.0:
+                sweeps["last"] = time.monotonic()
+                pipeline.sweep().result(timeout=60)
+
+        deliverer = Deliverer(store, on_tick=sweep)
+        deliverer.start()
+        state.update(store=store, policy=policy, clock=clock, pipeline=pipeline,
+                     deliverer=deliverer)
         yield
-        state["pipeline"].close()
+        deliverer.close()
+        pipeline.close()
         store.dispose()
 
     app = FastAPI(
@@ -294,6 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         until: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
+        kind: Annotated[str | None, Query(max_length=40)] = None,
     ) -> dict[str, Any]:
         key = await authenticate(request, "audit:read")
         try:
@@ -311,7 +324,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items, next_id = await run_in_threadpool(
             lambda: ledger.search(
                 state["store"], key.tenant_id, verdict=verdict, tool=tool, bucket=bucket,
-                since=since_at, until=until_at, limit=limit, before_id=before,
+                since=since_at, until=until_at, limit=limit, before_id=before, kind=kind,
             )
         )
         return {"items": items, "next_cursor": None if next_id is None else str(next_id)}
@@ -355,6 +368,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if found is None:
             raise ApiError(404, f"No approval request `{approval_id}` in this tenant",
                            code="APPROVAL_NOT_FOUND")
+        found["webhook_deliveries"] = await run_in_threadpool(
+            deliveries_for, state["store"], approval_id)
         return found
 
     @app.post("/v1/approvals/{approval_id}/approve",

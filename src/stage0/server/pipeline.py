@@ -33,7 +33,7 @@ from stage0.engine import Engine
 from stage0.policy import CompiledPolicy, normalize_name
 from stage0.policy.compiled import ApprovalRule
 from stage0.server import metrics
-from stage0.store import ledger
+from stage0.store import ledger, webhooks
 from stage0.store.approvals import ApprovalStore
 from stage0.store.database import Store
 from stage0.store.keys import ApiKey, hash_key
@@ -177,6 +177,12 @@ class Pipeline:
         metrics.QUEUE_DEPTH.inc()
         return job.future
 
+    def sweep(self) -> Future[Outcome]:
+        """Expire pending approvals past their expiry (logged, webhooks queued)."""
+        return self.submit(Job(secret="", raw=b"", request=None, invalid=None,
+                               request_id=str(uuid.uuid4()), client_request_id=False,
+                               started=time.perf_counter(), op="sweep"))
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
@@ -189,18 +195,64 @@ class Pipeline:
             job = self._queue.get()
             if job is None:
                 return
+            if job.op == "sweep":
+                metrics.QUEUE_DEPTH.dec()
+                self._process_sweep(job)
+                continue
             batch = [job]
             while len(batch) < self.batch_max:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    self._queue.put(None)
+                if more is None or more.op == "sweep":
+                    self._queue.put(more)  # handled on its own, after this batch
                     break
                 batch.append(more)
             metrics.QUEUE_DEPTH.dec(len(batch))
             self._process(batch)
+
+    def _process_sweep(self, job: Job) -> None:
+        now = self.clock()
+        now_us = int(now.timestamp() * 1e6)
+        expired = 0
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            try:
+                if self.store.dialect == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                cur.execute(self.store.sql(
+                    "SELECT DISTINCT tenant_id FROM approvals WHERE status = 'pending' "
+                    "AND expires_us <= :now"), {"now": now_us})
+                tenants = sorted(r[0] for r in cur.fetchall())
+                if self.store.dialect == "postgresql":
+                    for tenant in tenants:
+                        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
+                self.approvals.cursor = cur
+                state = _Batch()
+                for tenant in tenants:
+                    chain = state.chains[tenant] = ledger.read_head(self.store, cur, tenant)
+                    for approval in self.approvals.expired_pending(tenant, now_us):
+                        self.approvals.set_status(approval, "expired", now_us)
+                        self._log_event(state, chain, None, now, "approval.expired", approval,
+                                        {}, tenant=tenant)
+                        expired += 1
+                for tenant, chain in state.chains.items():
+                    ledger.save(self.store, cur, tenant, chain)
+                conn.commit()
+            finally:
+                self.approvals.cursor = None
+                cur.close()
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.error("approval expiry sweep failed: %s", exc)
+            try:
+                if self._conn is not None:
+                    self._conn.rollback()
+            except Exception:
+                log.debug("rollback failed", exc_info=True)
+            self._drop_connection()
+        job.future.set_result(Outcome(200, {"expired": expired}))
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -433,21 +485,27 @@ class Pipeline:
         return Outcome(200, body)
 
     def _log_event(
-        self, state: _Batch, chain: ledger.ChainCursor, key: ApiKey, now: datetime,
+        self, state: _Batch, chain: ledger.ChainCursor, key: ApiKey | None, now: datetime,
         kind: str, approval: Any, detail: dict[str, Any], *, digest: str | None = None,
         environment: str | None = None, buckets: list[str] | None = None,
+        tenant: str | None = None,
     ) -> None:
-        """An approval or token event in the tenant's hash chain."""
+        """An approval or token event in the tenant's hash chain (and its webhooks)."""
         event_id = str(uuid.uuid4())
         now_us = int(now.timestamp() * 1e6)
         view = approval.view(now_us) if approval is not None else None
-        body = {"event": kind, "event_id": event_id, "actor": key.principal or key.id,
-                "key_id": key.id, **detail, "approval": view}
+        tenant_id = key.tenant_id if key is not None else str(tenant)
+        actor = (key.principal or key.id) if key is not None else "stage0"
+        body = {"event": kind, "event_id": event_id, "actor": actor,
+                "key_id": key.id if key is not None else None, **detail, "approval": view}
         payload = orjson.dumps(body)
+        if approval is not None:
+            webhooks.enqueue(self.store, self.approvals.cursor, tenant_id, kind, event_id,
+                             approval.id, {"actor": actor, **detail, "approval": view})
         record = {
-            "tenant_id": key.tenant_id,
+            "tenant_id": tenant_id,
             "request_id": event_id,
-            "key_id": key.id,
+            "key_id": key.id if key is not None else None,
             "kind": kind,
             "http_status": 200,
             "verdict": "",

@@ -119,7 +119,9 @@ class ApprovalStore:
     def __init__(self, store: Store) -> None:
         self._sql = {k: store.sql(v) for k, v in {
             "one": SELECT_ONE, "pending": SELECT_PENDING, "insert": INSERT, "update": UPDATE,
-            "vote": INSERT_VOTE, "votes": SELECT_VOTES}.items()}
+            "vote": INSERT_VOTE, "votes": SELECT_VOTES,
+            "expired_ids": "SELECT id FROM approvals WHERE tenant_id = :t AND status = 'pending' "
+                           "AND expires_us <= :now ORDER BY created_us LIMIT 100"}.items()}
         self.cursor: Any = None
         self.now_us = 0
 
@@ -134,6 +136,13 @@ class ApprovalStore:
         votes = [dict(zip(("principal", "key_id", "decision", "reason", "mfa", "created_us"), v,
                           strict=True)) for v in cur.fetchall()]
         return Approval(record, votes)
+
+    def expired_pending(self, tenant: str, now_us: int) -> list[Approval]:
+        cur = self.cursor
+        cur.execute(self._sql["expired_ids"], {"t": tenant, "now": now_us})
+        ids = [r[0] for r in cur.fetchall()]
+        found = [self.get(tenant, i) for i in ids]
+        return [a for a in found if a is not None]
 
     def get(self, tenant: str, approval_id: str) -> Approval | None:
         return self._fetch("one", {"t": tenant, "i": approval_id})

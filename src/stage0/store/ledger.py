@@ -221,9 +221,18 @@ def search(
     until: datetime | None = None,
     limit: int = 50,
     before_id: int | None = None,
+    kind: str | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Newest first; returns the page and the id to continue before (``None`` at the end)."""
+    """Newest first; returns the page and the id to continue before (``None`` at the end).
+
+    ``kind``: ``None`` for decisions and rejected requests, ``all`` for every record (approval
+    and token events included), or one kind (``approval.created``, ``token.consumed``…).
+    """
     query = select(decisions).where(decisions.c.tenant_id == tenant)
+    if kind is None:
+        query = query.where(decisions.c.kind.in_(("decision", "rejected")))
+    elif kind != "all":
+        query = query.where(decisions.c.kind == kind)
     if verdict:
         query = query.where(decisions.c.verdict == verdict.upper())
     if tool:

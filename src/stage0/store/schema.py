@@ -172,3 +172,37 @@ token_uses = Table(
     Column("key_id", String(40), nullable=False),
     Column("consumed_us", BigInteger, nullable=False),
 )
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(100), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("events", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("disabled_us", BigInteger),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("webhook_id", String(40), nullable=False),
+    Column("tenant_id", String(100), nullable=False),
+    Column("approval_id", String(40)),
+    Column("event", String(40), nullable=False),
+    Column("event_id", String(100), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("created_us", BigInteger, nullable=False),
+    Column("delivered_us", BigInteger),
+    Index("ix_deliveries_due", "status", "next_attempt_us"),
+    Index("ix_deliveries_approval", "approval_id"),
+)
