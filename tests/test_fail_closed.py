@@ -34,7 +34,8 @@ def test_an_exception_inside_evaluation_denies() -> None:
 
 
 def test_an_evaluation_over_the_time_limit_denies() -> None:
-    text = default_pack_text().replace("timeout_ms: 200", "timeout_ms: 0.000001")
+    assert "timeout_ms: 1000" in default_pack_text()
+    text = default_pack_text().replace("timeout_ms: 1000", "timeout_ms: 0.000001")
     engine = Engine(compile_text(text), clock=FixedClock(), ids=SequentialIds())
     decision = engine.check(request())
     assert decision.decision == "ERROR"

@@ -170,7 +170,7 @@ class ExecutionTokens(_Strict):
 
 
 class Evaluation(_Strict):
-    timeout_ms: float = Field(default=200.0, gt=0)
+    timeout_ms: float = Field(default=1000.0, gt=0)
 
 
 class PackDocument(_Strict):
