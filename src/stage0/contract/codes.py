@@ -255,6 +255,16 @@ _ALL = [
         "Load a valid policy pack; the action must not run until then",
     ),
     _spec(
+        "SERVICE_UNAVAILABLE", X,
+        "Stage0 could not be reached or did not answer with a decision",
+        "Do not execute; retry when the service answers (the SDK fails closed)",
+    ),
+    _spec(
+        "SERVICE_REFUSED", X,
+        "Stage0 refused the request (key, plan, quota or request error)",
+        "Do not execute; fix the key, plan or request named in the message",
+    ),
+    _spec(
         "POLICY_VERSION_UNKNOWN", V,
         "The pinned `policy_pack_version` is not available",
         "Pin a policy version this server has, or drop `policy_pack_version`",

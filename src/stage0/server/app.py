@@ -362,9 +362,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/approvals/{approval_id}", summary="One approval request with its votes")
     async def get_approval_request(request: Request, approval_id: str) -> dict[str, Any]:
-        key = await authenticate_any(request, ("approve", "audit:read"))
+        key = await authenticate(request)
+        reader = "admin" in key.scopes or {"approve", "audit:read"} & set(key.scopes)
         found = await run_in_threadpool(
             approvals_store.get_approval, state["store"], key.tenant_id, approval_id, _now_us())
+        if found is not None and not reader and found["requested_by"]["key_id"] != key.id:
+            found = None  # a requester may follow its own requests only
         if found is None:
             raise ApiError(404, f"No approval request `{approval_id}` in this tenant",
                            code="APPROVAL_NOT_FOUND")

@@ -333,10 +333,11 @@ class Pipeline:
         self, state: _Batch, chain: ledger.ChainCursor, job: Job, key: ApiKey,
         request: CheckRequest, body: dict[str, Any], now: datetime,
     ) -> dict[str, Any]:
-        """The pending approval request for this exact action: reused, or created (and logged)."""
+        """The open approval request for this exact action (pending, or granted and within its
+        execute-by window: the caller retries with its id), or a new one (logged)."""
         now_us = int(now.timestamp() * 1e6)
         tenant, digest = key.tenant_id, body["action_digest"]
-        approval = self.approvals.pending_for(tenant, digest, now_us)
+        approval = self.approvals.open_for(tenant, digest, now_us)
         if approval is None:
             ctx = request.context
             approval = self.approvals.create(

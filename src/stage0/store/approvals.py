@@ -26,9 +26,10 @@ COLUMNS = (
     "created_us", "expires_us", "decided_us", "execute_by_us",
 )
 SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
-SELECT_PENDING = (
+SELECT_OPEN = (
     f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND action_digest = :d "
-    "AND status = 'pending' AND expires_us > :now ORDER BY created_us DESC LIMIT 1"
+    "AND ((status = 'pending' AND expires_us > :now) "
+    "OR (status = 'approved' AND execute_by_us > :now)) ORDER BY created_us DESC LIMIT 1"
 )
 INSERT = (
     f"INSERT INTO approvals ({', '.join(COLUMNS)}) VALUES "
@@ -118,7 +119,7 @@ class ApprovalStore:
 
     def __init__(self, store: Store) -> None:
         self._sql = {k: store.sql(v) for k, v in {
-            "one": SELECT_ONE, "pending": SELECT_PENDING, "insert": INSERT, "update": UPDATE,
+            "one": SELECT_ONE, "open": SELECT_OPEN, "insert": INSERT, "update": UPDATE,
             "vote": INSERT_VOTE, "votes": SELECT_VOTES,
             "expired_ids": "SELECT id FROM approvals WHERE tenant_id = :t AND status = 'pending' "
                            "AND expires_us <= :now ORDER BY created_us LIMIT 100"}.items()}
@@ -147,8 +148,10 @@ class ApprovalStore:
     def get(self, tenant: str, approval_id: str) -> Approval | None:
         return self._fetch("one", {"t": tenant, "i": approval_id})
 
-    def pending_for(self, tenant: str, digest: str, now_us: int) -> Approval | None:
-        return self._fetch("pending", {"t": tenant, "d": digest, "now": now_us})
+    def open_for(self, tenant: str, digest: str, now_us: int) -> Approval | None:
+        """The request for this exact action that can still move it forward: pending, or
+        granted and within its execute-by window."""
+        return self._fetch("open", {"t": tenant, "d": digest, "now": now_us})
 
     def create(
         self, *, tenant: str, digest: str, action: dict[str, Any], buckets: list[str],
