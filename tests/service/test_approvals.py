@@ -158,6 +158,14 @@ def test_the_whole_path(db_url: str, tmp_path: Path) -> None:
         replay = consume(api, p.agent_key, token, digest)
         assert (replay.status_code, replay.json()["code"]) == (409, "TOKEN_ALREADY_CONSUMED")
 
+        # an approval allows its action once: a second ALLOW needs a new approval
+        reuse = api.check(with_id, key=p.agent_key).json()
+        assert reuse["verdict"] == "DEFER"
+        assert "APPROVAL_EXPIRED" in [i["code"] for i in reuse["issues"]]
+        assert reuse["approval"]["approval_id"] != aid
+        used = api.client.get(f"/v1/approvals/{aid}", headers={"x-api-key": p.alice_key}).json()
+        assert (used["status"], used["used_by_request"]) == ("used", allowed["request_id"])
+
         changed = {**with_id, "arguments": {**PAYOUT["arguments"], "amount": 9999}}
         mismatch = api.check(changed, key=p.agent_key).json()
         assert mismatch["verdict"] == "DEFER"
@@ -166,7 +174,8 @@ def test_the_whole_path(db_url: str, tmp_path: Path) -> None:
 
         kinds = [r["kind"] for r in ledger.export(api.store, tenant="default", since=None,
                                                   until=None)]
-        for kind in ("approval.created", "approval.vote", "approval.approved", "token.consumed"):
+        for kind in ("approval.created", "approval.vote", "approval.approved", "approval.used",
+                     "approval.refused", "token.consumed", "token.refused"):
             assert kind in kinds, kinds
         assert all(r.ok for r in ledger.verify(api.store))
 
@@ -254,9 +263,13 @@ def test_cli_approvals(db_url: str, tmp_path: Path) -> None:
     assert orjson.loads(approved.stdout)["status"] == "approved"
     shown = runner.invoke(cli, ["approvals", "show", "--db", db_url, aid])
     assert json.loads(shown.stdout)["votes"][0]["reason"] == "checked the invoice"
+    anonymous = runner.invoke(cli, ["keys", "create", "--db", db_url, "--tenant", "default",
+                                    "--name", "frank", "--scopes", "approve"])
+    assert anonymous.exit_code == 2
+    assert "principal" in anonymous.output
     created = runner.invoke(cli, ["keys", "create", "--db", db_url, "--tenant", "default",
                                   "--name", "frank", "--scopes", "approve", "--totp",
-                                  "--format", "json"])
+                                  "--principal", "frank", "--format", "json"])
     assert orjson.loads(created.stdout)["totp_uri"].startswith("otpauth://totp/")
     rotated = runner.invoke(cli, ["keys", "rotate-signing", "--db", db_url])
     assert rotated.exit_code == 0
@@ -328,3 +341,56 @@ def test_fifty_concurrent_consumptions_across_two_processes(
         finally:
             for s in servers:
                 s.stop()
+
+
+def test_principals_compare_case_insensitively(db_url: str, tmp_path: Path) -> None:
+    with running_app(db_url, frozen_time=T0) as api:
+        agent = api.new_key(scopes=["check"], principal="agent-7")
+        twin = api.new_key(scopes=["approve"], principal=" Agent-7 ")
+        aid = api.check(PAYOUT, key=agent).json()["approval"]["approval_id"]
+        refused = vote(api, twin, aid)
+        assert (refused.status_code, refused.json()["code"]) == (403, "SELF_APPROVAL")
+
+
+def test_totp_codes_are_single_use_and_guessing_locks_the_key(db_url: str,
+                                                               tmp_path: Path) -> None:
+    with running_app(db_url, frozen_time=T0, policy=strict_pack(tmp_path)) as api:
+        p = People(api.store)
+        first = api.check(PAYOUT, key=p.agent_key).json()["approval"]["approval_id"]
+        second = api.check({**PAYOUT, "arguments": {"amount": 1}},
+                           key=p.agent_key).json()["approval"]["approval_id"]
+        code = totp(p.alice)
+        assert vote(api, p.alice_key, first, totp=code).status_code == 200
+        replayed = vote(api, p.alice_key, second, totp=code)
+        assert (replayed.status_code, replayed.json()["code"]) == (403, "APPROVER_MFA_INVALID")
+        wrong = "000000" if totp(p.bob) != "000000" else "111111"
+        codes = [vote(api, p.bob_key, second, totp=wrong).json()["code"] for _ in range(5)]
+        assert codes == ["APPROVER_MFA_INVALID"] * 5
+        locked = vote(api, p.bob_key, second, totp=totp(p.bob))
+        assert (locked.status_code, locked.json()["code"]) == (429, "APPROVER_MFA_LOCKED")
+        assert int(locked.headers["retry-after"]) > 0
+        refusals = [r for r in ledger.export(api.store, tenant="default", since=None,
+                                             until=None) if r["kind"] == "approval.refused"]
+        assert len(refusals) >= 7
+
+
+def test_tokens_are_per_tenant_and_need_the_check_scope(api: Api) -> None:
+    import uuid  # noqa: PLC0415
+
+    rid = str(uuid.uuid4())
+    tokens = {}
+    for tenant in ("acme", "globex"):
+        agent = api.new_key(tenant=tenant, scopes=["check"], principal=f"bot-{tenant}")
+        approver = api.new_key(tenant=tenant, scopes=["approve"], principal=f"boss-{tenant}")
+        aid = api.check(PAYOUT, key=agent).json()["approval"]["approval_id"]
+        vote(api, approver, aid)
+        allowed = api.check({**PAYOUT, "context": {**PAYOUT["context"], "approval_id": aid}},
+                            key=agent, **{"x-request-id": rid}).json()
+        assert allowed["request_id"] == rid
+        tokens[tenant] = (agent, approver, allowed["execution_token"], allowed["action_digest"])
+    agent, approver, token, digest = tokens["globex"]
+    scoped = consume(api, approver, token, digest)
+    assert (scoped.status_code, scoped.json()["code"]) == (403, "TOKEN_SCOPE_MISSING")
+    assert consume(api, agent, token, digest).status_code == 200
+    agent, _, token, digest = tokens["acme"]
+    assert consume(api, agent, token, digest).status_code == 200  # same jti, other tenant

@@ -43,6 +43,7 @@ def _new_key(url: str, tenant: str = "default", **kw: Any) -> str:
     try:
         store.migrate()
         kw.setdefault("scopes", ["check", "audit:read", "admin"])
+        kw.setdefault("principal", "process-test")
         kw.setdefault("plan", "pro")
         if "per_minute" not in kw:
             kw.setdefault("unlimited", True)

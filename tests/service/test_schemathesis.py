@@ -30,6 +30,7 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
         store.migrate()
         _, key = create_key(store, tenant="default", name="fuzz-admin",
                             scopes=["check", "approve", "audit:read", "admin"], plan="pro",
+                            principal="fuzzer",
                             unlimited=True)
         with warnings.catch_warnings():  # start_server leaves its log file handle to the GC
             warnings.simplefilter("ignore", ResourceWarning)

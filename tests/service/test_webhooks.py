@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from stage0.cli.main import cli
 from stage0.store import ledger
 from stage0.store.webhooks import add_webhook, verify_signature
-from tests.service.conftest import running_app
+from tests.service.conftest import free_port, running_app
 from tests.service.test_approvals import PAYOUT, T0
 
 
@@ -143,3 +143,19 @@ def test_webhook_cli(db_url: str) -> None:
     assert bad.exit_code == 2
     removed = runner.invoke(cli, ["webhooks", "remove", "--db", db_url, listed[0]["id"]])
     assert removed.exit_code == 0
+
+
+def test_removed_webhooks_stop_and_urls_stay_private(db_url: str) -> None:
+    from stage0.store.webhooks import remove_webhook  # noqa: PLC0415
+
+    with running_app(db_url, frozen_time=T0) as api:
+        secret_url = f"http://user:pa55@127.0.0.1:{free_port()}/hook?token=SLACKSECRET"
+        hook_id, _ = add_webhook(api.store, "default", secret_url, [])
+        agent = api.new_key(scopes=["check"], principal="bot")
+        aid = api.check(PAYOUT, key=agent).json()["approval"]["approval_id"]
+        assert remove_webhook(api.store, hook_id)
+        shown = api.client.get(f"/v1/approvals/{aid}", headers={"x-api-key": api.key}).json()
+        deliveries = shown["webhook_deliveries"]
+        assert [d["status"] for d in deliveries] == ["cancelled"]
+        assert "SLACKSECRET" not in str(shown)
+        assert "pa55" not in str(shown)

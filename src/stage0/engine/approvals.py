@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 from stage0.engine.findings import Findings
 from stage0.policy.compiled import CompiledPolicy
 
-ApprovalState = Literal["pending", "approved", "rejected", "expired"]
+ApprovalState = Literal["pending", "approved", "rejected", "expired", "used"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +125,11 @@ def _check_server_approval(
             f"Approval `{approval_id}` was granted for a different action "
             "(its action digest differs from this request's)",
         )
+        return
+    if evidence.status == "used":
+        out.add("APPROVAL_EXPIRED",
+                f"Approval `{approval_id}` was already used for one execution; an approval "
+                "allows the action once")
         return
     expired = evidence.status == "expired" or (
         evidence.expires_at is not None and at >= evidence.expires_at

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ from stage0.server import metrics
 from stage0.store import ledger, webhooks
 from stage0.store.approvals import ApprovalStore
 from stage0.store.database import Store
-from stage0.store.keys import ApiKey, hash_key
+from stage0.store.keys import ApiKey, hash_key, normalize_principal
 from stage0.store.redact import redact
 from stage0.store.runstate import TransactionRunState
 from stage0.store.signing import Keyring, TokenError
@@ -46,7 +46,8 @@ log = logging.getLogger("stage0.pipeline")
 
 SELECT_KEY = (
     "SELECT id, tenant_id, name, prefix, scopes, plan, monthly_quota, daily_quota, per_minute, "
-    "principal, roles, created_at, revoked_at, totp_secret FROM api_keys WHERE key_hash = :h"
+    "principal, roles, created_at, revoked_at, totp_secret, mfa_failures, mfa_locked_until_us, "
+    "totp_last_step FROM api_keys WHERE key_hash = :h"
 )
 SELECT_USAGE = (
     "SELECT month_key, month_count, day_key, day_count, minute_key, minute_count "
@@ -84,7 +85,9 @@ SELECT_BY_REQUEST = (
 )
 _KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_quota",
                 "daily_quota", "per_minute", "principal", "roles", "created_at", "revoked_at",
-                "totp_secret")
+                "totp_secret", "mfa_failures", "mfa_locked_until_us", "totp_last_step")
+MFA_MAX_FAILURES = 5
+MFA_LOCKOUT_S = 900
 
 
 @dataclass(slots=True)
@@ -162,9 +165,13 @@ class Pipeline:
         self._sql = {name: store.sql(text) for name, text in {
             "key": SELECT_KEY, "usage": SELECT_USAGE, "upsert_usage": UPSERT_USAGE,
             "by_request": SELECT_BY_REQUEST,
-            "token_used": "SELECT 1 FROM token_uses WHERE jti = :j",
-            "token_use": "INSERT INTO token_uses (jti, tenant_id, key_id, consumed_us) "
-                         "VALUES (:j, :t, :k, :c)"}.items()}
+            "token_used": "SELECT 1 FROM token_uses WHERE tenant_id = :t AND jti = :j",
+            "mfa": "UPDATE api_keys SET mfa_failures = :f, mfa_locked_until_us = :l, "
+                   "totp_last_step = :s WHERE id = :k",
+            "mfa_read": "SELECT mfa_failures, mfa_locked_until_us, totp_last_step FROM api_keys "
+                        "WHERE id = :k",
+            "token_use": "INSERT INTO token_uses (tenant_id, jti, key_id, consumed_us) "
+                         "VALUES (:t, :j, :k, :c)"}.items()}
         self._thread = threading.Thread(target=self._run, name="stage0-writer", daemon=True)
         self._thread.start()
 
@@ -354,6 +361,21 @@ class Pipeline:
                             {"approval_id": approval.id, "request_id": job.request_id})
         return approval.view(now_us)
 
+    def _use_approval(self, state: _Batch, chain: ledger.ChainCursor, key: ApiKey,
+                      body: dict[str, Any], now: datetime) -> None:
+        """A server-side approval allows its action once: mark it used (and log it)."""
+        check = body["guardrail_checks"].get("approval", {})
+        approval_id = check.get("approval_id")
+        if not (check.get("verified") and approval_id):
+            return
+        approval = self.approvals.get(key.tenant_id, str(approval_id))
+        if approval is None:
+            return
+        self.approvals.set_status(approval, "used", int(now.timestamp() * 1e6),
+                                  used_by=body["request_id"])
+        self._log_event(state, chain, key, now, "approval.used", approval,
+                        {"request_id": body["request_id"]})
+
     def _token_for(self, key: ApiKey, request: CheckRequest, body: dict[str, Any],
                    now: datetime) -> str:
         ttl = self.policy.token_ttl if self.policy is not None else 60.0
@@ -368,6 +390,7 @@ class Pipeline:
             "policy_version": body["policy_version"],
             "buckets": list(body["buckets"]),
             "approval_id": approval.get("approval_id") if approval.get("verified") else None,
+            "approval_verified": bool(approval.get("verified")),
             "environment": body.get("environment"),
             "iat": iat,
             "exp": iat + int(ttl),
@@ -391,9 +414,14 @@ class Pipeline:
         rid, p = job.request_id, job.payload
         now_us = int(now.timestamp() * 1e6)
 
-        def refuse(status: int, code: str, detail: str) -> Outcome:
+        def refuse(status: int, code: str, detail: str, **extra: Any) -> Outcome:
             metrics.REFUSED.labels(status=str(status)).inc()
-            return Outcome(status, error_body(status, detail, rid, code=code))
+            self._log_event(state, chain, key, now, "approval.refused", None,
+                            {"approval_id": p.get("approval_id"), "code": code,
+                             "decision": job.op})
+            return Outcome(status, error_body(status, detail, rid, code=code, **extra),
+                           {"retry-after": str(extra["retry_after_seconds"])}
+                           if "retry_after_seconds" in extra else {})
 
         if "approve" not in key.scopes and "admin" not in key.scopes:
             return refuse(403, "APPROVER_SCOPE_MISSING",
@@ -412,16 +440,18 @@ class Pipeline:
             return refuse(409, "APPROVAL_ALREADY_DECIDED",
                           f"Approval `{approval.id}` is already {status}")
         principal = key.principal or key.id
+        me = normalize_principal(principal)
         row = approval.row
-        if (key.id == row["requested_by_key"]
-                or principal in {row["requested_by_principal"], row["actor_id"]}):
+        if (key.id == row["requested_by_key"] or me in {
+                normalize_principal(row["requested_by_principal"]),
+                normalize_principal(row["actor_id"])}):
             return refuse(403, "SELF_APPROVAL",
                           "The requester cannot decide its own approval request")
         eligible = set(orjson.loads(row["eligible_roles"]))
         if eligible and not eligible & {normalize_name(r) for r in key.roles}:
             return refuse(403, "APPROVER_ROLE_NOT_ELIGIBLE",
                           "The approver holds none of the roles " + ", ".join(sorted(eligible)))
-        if any(v["principal"] == principal for v in approval.votes):
+        if any(normalize_principal(v["principal"]) == me for v in approval.votes):
             return refuse(409, "APPROVAL_ALREADY_VOTED",
                           f"`{principal}` has already decided on this request")
         mfa = False
@@ -429,10 +459,21 @@ class Pipeline:
             if key.totp_secret is None:
                 return refuse(403, "APPROVER_MFA_NOT_ENROLLED",
                               "This request needs approver MFA and the key has no TOTP enrolled")
+            real_us = int(time.time() * 1e6)  # TOTP runs on real time, even with --frozen-time
+            key = self._mfa_state(key)
+            if key.mfa_locked_until_us is not None and key.mfa_locked_until_us > real_us:
+                wait = max(1, (key.mfa_locked_until_us - real_us) // 1_000_000)
+                return refuse(429, "APPROVER_MFA_LOCKED",
+                              "Too many wrong TOTP codes; approving is locked for this key",
+                              retry_after_seconds=int(wait))
             if not p.get("totp"):
                 return refuse(401, "APPROVER_MFA_REQUIRED", "This request needs a TOTP code")
-            if not key.verify_totp(str(p["totp"]), time.time()):
-                return refuse(403, "APPROVER_MFA_INVALID", "The TOTP code is not valid")
+            step = key.totp_step(str(p["totp"]), real_us / 1e6)
+            if step is None or (key.totp_last_step is not None and step <= key.totp_last_step):
+                self._mfa_failed(key, real_us)
+                return refuse(403, "APPROVER_MFA_INVALID",
+                              "The TOTP code is not valid (or was already used)")
+            self._mfa_passed(key, step)
             mfa = True
         decision = "approve" if job.op == "approve" else "reject"
         self.approvals.record_vote(approval, key_id=key.id, principal=principal,
@@ -450,14 +491,39 @@ class Pipeline:
             self._log_event(state, chain, key, now, "approval.approved", approval, {})
         return Outcome(200, approval.view(now_us))
 
+    def _mfa_state(self, key: ApiKey) -> ApiKey:
+        """The key with its MFA counters as they are now in this transaction."""
+        cur = self.approvals.cursor
+        cur.execute(self._sql["mfa_read"], {"k": key.id})
+        row = cur.fetchone()
+        if row is None:
+            return key
+        return replace(key, mfa_failures=int(row[0] or 0), mfa_locked_until_us=row[1],
+                       totp_last_step=row[2])
+
+    def _mfa_failed(self, key: ApiKey, real_us: int) -> None:
+        failures = key.mfa_failures + 1
+        locked = real_us + MFA_LOCKOUT_S * 1_000_000 if failures >= MFA_MAX_FAILURES else None
+        self.approvals.cursor.execute(self._sql["mfa"], {
+            "f": 0 if locked else failures, "l": locked, "s": key.totp_last_step, "k": key.id})
+
+    def _mfa_passed(self, key: ApiKey, step: int) -> None:
+        self.approvals.cursor.execute(self._sql["mfa"], {"f": 0, "l": None, "s": step,
+                                                         "k": key.id})
+
     def _consume(self, job: Job, key: ApiKey, state: _Batch, chain: ledger.ChainCursor,
                  now: datetime) -> Outcome:
         rid, p = job.request_id, job.payload
         cur = self.approvals.cursor
 
         def refuse(status: int, code: str, detail: str) -> Outcome:
+            self._log_event(state, chain, key, now, "token.refused", None, {"code": code},
+                            digest=str(p.get("action_digest") or "")[:64])
             return Outcome(status, error_body(status, detail, rid, code=code))
 
+        if "check" not in key.scopes and "admin" not in key.scopes:
+            return refuse(403, "TOKEN_SCOPE_MISSING",
+                          "Consuming execution tokens needs the `check` scope")
         try:
             claims = self.keyring.verify(str(p.get("token") or ""), now.timestamp())
         except TokenError as exc:
@@ -468,7 +534,7 @@ class Pipeline:
             return refuse(401, "TOKEN_DIGEST_MISMATCH",
                           "The token was issued for a different action")
         jti = str(claims.get("jti"))
-        cur.execute(self._sql["token_used"], {"j": jti})
+        cur.execute(self._sql["token_used"], {"j": jti, "t": key.tenant_id})
         if cur.fetchone() is not None:
             return refuse(409, "TOKEN_ALREADY_CONSUMED", "The token has already been used")
         now_us = int(now.timestamp() * 1e6)
@@ -616,8 +682,10 @@ class Pipeline:
         body = decision.body
         if body["verdict"] == "DEFER" and _NEEDS_APPROVAL & set(decision.issue_codes):
             body["approval"] = self._approval_for(state, chain, job, key, request, body, now)
-        elif body["verdict"] == "ALLOW" and body["buckets"]:
-            body["execution_token"] = self._token_for(key, request, body, now)
+        elif body["verdict"] == "ALLOW":
+            self._use_approval(state, chain, key, body, now)
+            if body["buckets"]:
+                body["execution_token"] = self._token_for(key, request, body, now)
         encoded = decision.to_json()
         self._log(state, chain, job, key, now, 200, "decision", body, eval_us, encoded)
         metrics.count_answer(body["verdict"], body["buckets"],

@@ -23,7 +23,7 @@ COLUMNS = (
     "id", "tenant_id", "status", "action_digest", "action", "buckets", "environment",
     "request_id", "requested_by_key", "requested_by_principal", "actor_id", "policy_version",
     "required_approvals", "approvals_count", "eligible_roles", "requires_mfa", "execute_within_s",
-    "created_us", "expires_us", "decided_us", "execute_by_us",
+    "created_us", "expires_us", "decided_us", "execute_by_us", "used_us", "used_by_request",
 )
 SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
 SELECT_OPEN = (
@@ -37,7 +37,7 @@ INSERT = (
 )
 UPDATE = (
     "UPDATE approvals SET status = :status, approvals_count = :n, decided_us = :decided, "
-    "execute_by_us = :execute_by WHERE id = :i"
+    "execute_by_us = :execute_by, used_us = :used, used_by_request = :used_by WHERE id = :i"
 )
 INSERT_VOTE = (
     "INSERT INTO approval_votes (approval_id, tenant_id, key_id, principal, decision, reason, "
@@ -95,6 +95,8 @@ class Approval:
             "expires_at": _iso(r["expires_us"]),
             "decided_at": _iso(r["decided_us"]),
             "execute_by": _iso(r["execute_by_us"]),
+            "used_at": _iso(r.get("used_us")),
+            "used_by_request": r.get("used_by_request"),
             "votes": [
                 {**v, "created_at": _iso(v.pop("created_us")), "mfa": bool(v["mfa"])}
                 for v in (dict(x) for x in self.votes)
@@ -180,6 +182,8 @@ class ApprovalStore:
             "expires_us": now_us + int(rule.expires_in * 1e6),
             "decided_us": None,
             "execute_by_us": None,
+            "used_us": None,
+            "used_by_request": None,
         }
         self.cursor.execute(self._sql["insert"], record)
         return Approval(record, [])
@@ -192,17 +196,21 @@ class ApprovalStore:
         approval.votes.append({"principal": principal, "key_id": key_id, "decision": decision,
                                "reason": reason, "mfa": int(mfa), "created_us": now_us})
 
-    def set_status(self, approval: Approval, status: str, now_us: int) -> None:
+    def set_status(self, approval: Approval, status: str, now_us: int,
+                   used_by: str | None = None) -> None:
         row = approval.row
         row["status"] = status
         row["approvals_count"] = sum(1 for v in approval.votes if v["decision"] == "approve")
-        if status != "pending":
+        if status == "used":
+            row["used_us"], row["used_by_request"] = now_us, used_by
+        elif status != "pending":
             row["decided_us"] = now_us
         if status == "approved":
             row["execute_by_us"] = now_us + int(float(row["execute_within_s"]) * 1e6)
         self.cursor.execute(self._sql["update"], {
             "status": status, "n": row["approvals_count"], "decided": row["decided_us"],
-            "execute_by": row["execute_by_us"], "i": approval.id})
+            "execute_by": row["execute_by_us"], "used": row.get("used_us"),
+            "used_by": row.get("used_by_request"), "i": approval.id})
 
     # -- the engine's ApprovalResolver -------------------------------------------------------
 
@@ -219,7 +227,7 @@ def _plain(row: Any) -> dict[str, Any]:
 def list_approvals(store: Store, tenant: str, status: str | None, now_us: int,
                    limit: int = 100) -> list[dict[str, Any]]:
     query = select(approvals).where(approvals.c.tenant_id == tenant)
-    if status in ("approved", "rejected"):
+    if status in ("approved", "rejected", "used"):
         query = query.where(approvals.c.status == status)
     elif status == "pending":
         query = query.where(and_(approvals.c.status == "pending",

@@ -47,6 +47,9 @@ class ApiKey:
     created_at: float
     revoked_at: float | None
     totp_secret: str | None = None
+    mfa_failures: int = 0
+    mfa_locked_until_us: int | None = None
+    totp_last_step: int | None = None
 
     @property
     def totp_uri(self) -> str | None:
@@ -56,11 +59,18 @@ class ApiKey:
         return pyotp.TOTP(self.totp_secret).provisioning_uri(
             name=self.principal or self.name, issuer_name=f"Stage0 ({self.tenant_id})")
 
-    def verify_totp(self, code: str | None, at: float) -> bool:
+    def totp_step(self, code: str | None, at: float) -> int | None:
+        """The 30-second time step ``code`` is valid for (now, or one step either side), or
+        ``None`` when it is not a valid code. Callers refuse a step not after the last used."""
         if self.totp_secret is None or not code:
-            return False
-        return bool(pyotp.TOTP(self.totp_secret).verify(code.strip(), for_time=at,
-                                                         valid_window=1))
+            return None
+        totp = pyotp.TOTP(self.totp_secret)
+        code = code.strip()
+        for offset in (0, -1, 1):
+            when = at + offset * totp.interval
+            if totp.verify(code, for_time=when, valid_window=0):
+                return int(when // totp.interval)
+        return None
 
     @classmethod
     def from_row(cls, row: Any) -> ApiKey:
@@ -79,7 +89,10 @@ class ApiKey:
             roles=tuple(r for r in (m["roles"] or "").split(",") if r),
             created_at=m["created_at"],
             revoked_at=m["revoked_at"],
-            totp_secret=m.get("totp_secret") if hasattr(m, "get") else m["totp_secret"],
+            totp_secret=_get(m, "totp_secret"),
+            mfa_failures=int(_get(m, "mfa_failures") or 0),
+            mfa_locked_until_us=_get(m, "mfa_locked_until_us"),
+            totp_last_step=_get(m, "totp_last_step"),
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -91,6 +104,18 @@ class ApiKey:
             "created_at": self.created_at, "revoked_at": self.revoked_at,
             "mfa_enrolled": self.totp_secret is not None,
         }
+
+
+def _get(mapping: Any, key: str) -> Any:
+    try:
+        return mapping[key]
+    except (KeyError, IndexError):
+        return None
+
+
+def normalize_principal(principal: str | None) -> str | None:
+    """Principals compare case-insensitively, surrounding space ignored: `Agent-7` is `agent-7`."""
+    return None if principal is None else principal.strip().casefold()
 
 
 def hash_key(secret: str) -> str:
@@ -120,6 +145,9 @@ def create_key(
         raise KeyError_(f"unknown plan `{plan}`; choose free or pro")
     if not tenant.strip() or not name.strip():
         raise KeyError_("tenant and name must not be empty")
+    if {"approve", "admin"} & set(scopes) and not (principal and principal.strip()):
+        raise KeyError_("a key with the `approve` or `admin` scope needs a principal "
+                        "(--principal): approvers are people or services, never anonymous")
     limits: dict[str, int | None] = (
         dict.fromkeys(PLAN_DEFAULTS[plan]) if unlimited else dict(PLAN_DEFAULTS[plan])
     )

@@ -43,6 +43,9 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
     Column("totp_secret", String(64)),
+    Column("mfa_failures", Integer, nullable=False, server_default="0"),
+    Column("mfa_locked_until_us", BigInteger),
+    Column("totp_last_step", BigInteger),
 )
 
 key_usage = Table(
@@ -134,6 +137,8 @@ approvals = Table(
     Column("expires_us", BigInteger, nullable=False),
     Column("decided_us", BigInteger),
     Column("execute_by_us", BigInteger),
+    Column("used_us", BigInteger),
+    Column("used_by_request", String(100)),
     Index("ix_approvals_tenant_digest", "tenant_id", "action_digest", "status"),
     Index("ix_approvals_tenant_status", "tenant_id", "status"),
 )
@@ -167,8 +172,8 @@ signing_keys = Table(
 token_uses = Table(
     "token_uses",
     metadata,
+    Column("tenant_id", String(100), primary_key=True),
     Column("jti", String(100), primary_key=True),
-    Column("tenant_id", String(100), nullable=False),
     Column("key_id", String(40), nullable=False),
     Column("consumed_us", BigInteger, nullable=False),
 )

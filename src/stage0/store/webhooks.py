@@ -9,8 +9,10 @@ Each delivery is a POST of the event as JSON with the headers
   webhook's secret>``; receivers should reject a timestamp older than five minutes.
 
 A 2xx answer delivers it. Anything else (or no answer in 10 s) is retried with exponential
-backoff — 2, 4, 8 … seconds, capped at one hour — up to 8 attempts, then marked ``failed``.
-Deliveries are claimed with a lease, so two server processes never send the same attempt.
+backoff — 2, 4, 8 … seconds, capped at one hour — for 24 hours, then marked ``failed``.
+Each attempt is claimed with a 30 s lease right before it is sent (sending takes at most 10 s),
+and its outcome is recorded only if the lease is still this process's, so two server processes
+do not send the same attempt. A removed webhook's pending deliveries are cancelled.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from stage0.store.schema import webhook_deliveries, webhooks
 log = logging.getLogger("stage0.webhooks")
 
 EVENTS = ("approval.created", "approval.approved", "approval.rejected", "approval.expired")
-MAX_ATTEMPTS = 8
+RETRY_FOR_S = 24 * 3600.0
 LEASE_S = 30.0
 TIMEOUT_S = 10.0
 
@@ -93,7 +95,23 @@ def remove_webhook(store: Store, hook_id: str) -> bool:
         result = conn.execute(update(webhooks).where(
             and_(webhooks.c.id == hook_id, webhooks.c.disabled_us.is_(None)))
             .values(disabled_us=int(time.time() * 1e6)))
+        conn.execute(update(webhook_deliveries).where(and_(
+            webhook_deliveries.c.webhook_id == hook_id,
+            webhook_deliveries.c.status == "pending")).values(status="cancelled"))
     return bool(result.rowcount)
+
+
+def public_url(url: str) -> str:
+    """A receiver URL without credentials, path or query (chat-bridge URLs are secrets)."""
+    parts = httpx.URL(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.host}{port}/…"
+
+
+def _public_error(error: str | None, url: str) -> str | None:
+    if error is None:
+        return None
+    return error.replace(url, public_url(url))
 
 
 ENQUEUE_SELECT = ("SELECT id, events FROM webhooks WHERE tenant_id = :t AND disabled_us IS NULL")
@@ -126,9 +144,10 @@ def deliveries_for(store: Store, approval_id: str) -> list[dict[str, Any]]:
              .where(webhook_deliveries.c.approval_id == approval_id)
              .order_by(webhook_deliveries.c.id))
     with store.connect() as conn:
-        return [{"id": r.id, "event": r.event, "url": r.url, "status": r.status,
+        return [{"id": r.id, "event": r.event, "webhook_id": r.webhook_id,
+                 "url": public_url(r.url), "status": r.status,
                  "attempts": r.attempts, "last_status": r.last_status,
-                 "last_error": r.last_error,
+                 "last_error": _public_error(r.last_error, r.url),
                  "delivered_at": None if r.delivered_us is None else r.delivered_us / 1e6}
                 for r in conn.execute(query)]
 
@@ -163,31 +182,38 @@ class Deliverer:
             except Exception:  # keep delivering after a store or network failure
                 log.exception("webhook delivery pass failed")
 
-    def _claim(self, now_us: int) -> list[Any]:
+    def _due(self, now_us: int) -> list[Any]:
         with self._store.connect() as conn:
-            due = list(conn.execute(
+            return list(conn.execute(
                 select(webhook_deliveries, webhooks.c.url, webhooks.c.secret)
                 .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
                 .where(and_(webhook_deliveries.c.status == "pending",
-                            webhook_deliveries.c.next_attempt_us <= now_us))
+                            webhook_deliveries.c.next_attempt_us <= now_us,
+                            webhooks.c.disabled_us.is_(None)))
                 .order_by(webhook_deliveries.c.next_attempt_us).limit(50)))
-        claimed = []
-        for row in due:
-            with self._store.begin() as conn:  # a lease: only one process wins each attempt
-                won = conn.execute(update(webhook_deliveries).where(and_(
-                    webhook_deliveries.c.id == row.id,
-                    webhook_deliveries.c.next_attempt_us == row.next_attempt_us,
-                    webhook_deliveries.c.status == "pending",
-                )).values(next_attempt_us=now_us + int(LEASE_S * 1e6))).rowcount
-            if won:
-                claimed.append(row)
-        return claimed
+
+    def _claim(self, row: Any) -> int | None:
+        """Take a lease on one attempt right before sending it; ``None`` if another process has
+        it (or it is no longer pending)."""
+        lease = int((time.time() + LEASE_S) * 1e6)
+        with self._store.begin() as conn:
+            won = conn.execute(update(webhook_deliveries).where(and_(
+                webhook_deliveries.c.id == row.id,
+                webhook_deliveries.c.next_attempt_us == row.next_attempt_us,
+                webhook_deliveries.c.status == "pending",
+            )).values(next_attempt_us=lease)).rowcount
+        return lease if won else None
 
     def tick(self) -> int:
         """Send every due delivery once; returns how many were attempted."""
-        now_us = int(time.time() * 1e6)
-        rows = self._claim(now_us)
-        for row in rows:
+        sent = 0
+        for row in self._due(int(time.time() * 1e6)):
+            if self._stop.is_set():
+                break
+            lease = self._claim(row)
+            if lease is None:
+                continue
+            sent += 1
             body = row.payload.encode()
             ts = int(time.time())
             status: int | None = None
@@ -205,14 +231,16 @@ class Deliverer:
             attempts = row.attempts + 1
             values: dict[str, Any] = {"attempts": attempts, "last_status": status,
                                       "last_error": error}
+            delay = min(3600.0, backoff_base() * 2 ** (attempts - 1))
             if error is None:
                 values.update(status="delivered", delivered_us=int(time.time() * 1e6))
-            elif attempts >= MAX_ATTEMPTS:
+            elif time.time() + delay - row.created_us / 1e6 > RETRY_FOR_S:
                 values.update(status="failed")
             else:
-                delay = min(3600.0, backoff_base() * 2 ** (attempts - 1))
                 values.update(next_attempt_us=int((time.time() + delay) * 1e6))
-            with self._store.begin() as conn:
-                conn.execute(update(webhook_deliveries)
-                             .where(webhook_deliveries.c.id == row.id).values(**values))
-        return len(rows)
+            with self._store.begin() as conn:  # only while the lease is still ours
+                conn.execute(update(webhook_deliveries).where(and_(
+                    webhook_deliveries.c.id == row.id,
+                    webhook_deliveries.c.next_attempt_us == lease,
+                )).values(**values))
+        return sent
