@@ -262,3 +262,26 @@ def test_async_guard(live_api: Api) -> None:
             return await pay_again("acme", 7)
 
     assert asyncio.run(scenario()) == "paid acme"
+
+
+def test_guard_denies_when_the_awaited_approval_is_rejected(live_api: Api) -> None:
+    agent, approver = people(live_api)
+
+    def reject_soon() -> None:
+        for _ in range(100):
+            pending = approver.approvals.list()
+            if pending:
+                approver.approvals.reject(pending[0]["approval_id"], reason="no")
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=reject_soon, daemon=True).start()
+
+    @stage0.guard(tool="payments.create_payout", client=agent, wait_for_approval=10,
+                  **PAYOUT_KW)
+    def pay(vendor: str, amount: int) -> str:
+        return "paid"
+
+    with pytest.raises(ActionDenied) as denied:
+        pay("acme", 3)
+    assert "APPROVAL_REJECTED" in [i["code"] for i in denied.value.issues]

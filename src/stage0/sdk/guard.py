@@ -91,7 +91,7 @@ def enforce(client: Client | LocalEngine, body: dict[str, Any],
                                                timeout=wait_for_approval)
         except StageZeroError as exc:
             raise ActionDeferred(result, str(exc)) from None
-        if decided.get("status") == "approved":
+        if decided.get("status") != "pending":  # Stage0 says what the decision means now
             body = {**body, "context": {**body.get("context", {}),
                                         "approval_id": approval["approval_id"]}}
             result = client.check(body)
@@ -117,7 +117,7 @@ async def enforce_async(client: AsyncClient, body: dict[str, Any],
                                                      timeout=wait_for_approval)
         except StageZeroError as exc:
             raise ActionDeferred(result, str(exc)) from None
-        if decided.get("status") == "approved":
+        if decided.get("status") != "pending":
             body = {**body, "context": {**body.get("context", {}),
                                         "approval_id": approval["approval_id"]}}
             result = await client.check(body)
