@@ -285,3 +285,21 @@ def test_guard_denies_when_the_awaited_approval_is_rejected(live_api: Api) -> No
     with pytest.raises(ActionDenied) as denied:
         pay("acme", 3)
     assert "APPROVAL_REJECTED" in [i["code"] for i in denied.value.issues]
+
+
+def test_the_async_client_wraps_network_errors() -> None:
+    async def scenario() -> None:
+        client = AsyncClient(base_url=f"http://127.0.0.1:{free_port()}", api_key="k", timeout=1)
+        try:
+            with pytest.raises(stage0.TokenRejected):
+                await client.consume_token("t", "0" * 64)
+            with pytest.raises(stage0.StageZeroError):
+                await client.usage()
+            with pytest.raises(stage0.StageZeroError):
+                await client.wait_for_approval("apr_x", timeout=1)
+            result = await client.check("Refund order 1042 to the customer")
+            assert result.issue_codes == ["SERVICE_UNAVAILABLE"]
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())

@@ -14,6 +14,7 @@ import click
 import orjson
 
 from stage0 import __version__
+from stage0.cli.mcp_proxy import mcp_proxy
 from stage0.cli.render import render_text
 from stage0.cli.service import approvals, audit, keys, serve, webhooks_group
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError
@@ -203,6 +204,7 @@ cli.add_command(keys)
 cli.add_command(audit)
 cli.add_command(approvals)
 cli.add_command(webhooks_group)
+cli.add_command(mcp_proxy)
 
 
 def main() -> None:

@@ -354,13 +354,22 @@ class AsyncClient(_Base):
                                  request_id=request_id)
         return interpret(response.status_code, response.content, request_id)
 
+    async def _send(self, method: str, path: str, what: str,
+                    body: Mapping[str, Any] | None = None, auth: bool = True) -> Any:
+        """One call; a network failure is a :class:`StageZeroError`, like the sync client's."""
+        try:
+            response = await self._http.request(
+                method, path, headers=self._headers() if auth else None,
+                content=None if body is None else orjson.dumps(dict(body)))
+        except httpx.HTTPError as exc:
+            raise StageZeroError(f"{what}: {exc}") from None
+        return self._json(response, what)
+
     async def usage(self) -> dict[str, Any]:
-        response = await self._http.get("/usage", headers=self._headers())
-        return dict(self._json(response, "usage"))
+        return dict(await self._send("GET", "/usage", "usage"))
 
     async def get_approval(self, approval_id: str) -> dict[str, Any]:
-        response = await self._http.get(f"/v1/approvals/{approval_id}", headers=self._headers())
-        return dict(self._json(response, "get approval"))
+        return dict(await self._send("GET", f"/v1/approvals/{approval_id}", "get approval"))
 
     async def wait_for_approval(self, approval_id: str, timeout: float = 300.0, *,
                                 initial_delay: float = 0.5,
@@ -379,19 +388,19 @@ class AsyncClient(_Base):
     async def verify_token(self, token: str, action_digest: str) -> dict[str, Any]:
         kid = _kid(token)
         if self._jwks.keys is None or (kid is not None and kid not in self._jwks.kids):
-            response = await self._http.get("/.well-known/jwks.json")
-            data = self._json(response, "jwks")
+            try:
+                data = await self._send("GET", "/.well-known/jwks.json", "jwks", auth=False)
+            except StageZeroError as exc:
+                raise TokenRejected(str(exc), exc.status, exc.body) from None
             self._jwks = _Jwks(KeySet.import_key_set(data), time.monotonic(),
                                {k.get("kid") for k in data.get("keys", [])})
         assert self._jwks.keys is not None
         return self._verify_with(self._jwks.keys, token, action_digest, time.time())
 
     async def consume_token(self, token: str, action_digest: str) -> dict[str, Any]:
-        response = await self._http.post("/v1/tokens/consume", headers=self._headers(),
-                                          content=orjson.dumps({"token": token,
-                                                                "action_digest": action_digest}))
         try:
-            return dict(self._json(response, "consume token"))
+            return dict(await self._send("POST", "/v1/tokens/consume", "consume token",
+                                         {"token": token, "action_digest": action_digest}))
         except StageZeroError as exc:
             raise TokenRejected(str(exc), exc.status, exc.body) from None
 

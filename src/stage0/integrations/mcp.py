@@ -1,0 +1,427 @@
+"""The MCP gateway: an MCP server that fronts downstream MCP servers and asks Stage0 first.
+
+``stage0 mcp-proxy --config FILE`` (or ``stage0 mcp-proxy -- COMMAND ARGS...``) starts each
+downstream server over stdio with the official ``mcp`` SDK, re-exports its tools as
+``<server>.<tool>`` (``prefix: false`` keeps the bare name), and gates every ``tools/call``:
+
+- the request sent to ``POST /check`` names the tool ``<server>.<tool>`` (always qualified, so
+  the policy sees the same name whatever the export), carries the call's arguments (hence the
+  action digest) and ``context.mcp_server`` / ``context.mcp_tool`` / ``context.active_mcp_servers``;
+- side effects and constraints come from the config; the tool's annotations can only add to
+  them (``destructiveHint: true`` adds ``delete``, ``openWorldHint: true`` adds
+  ``external_notification``), never remove one. A hint that is absent or false adds nothing;
+- ALLOW: the execution token, if any, is verified offline and consumed, then the call is
+  forwarded and the downstream result returned as is;
+- DEFER and DENY (and any failure, which fails closed) come back as a tool error
+  (``isError: true``) whose text names the verdict, request_id, policy_version, the issue codes
+  and the approval id. Once the approval is granted, the same call again goes through: the
+  gateway finds the granted approval for the same action and checks again with its id.
+
+Needs the optional dependency group ``stage0[mcp]``; the core package never imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+import anyio
+import httpx
+import yaml
+from mcp import types
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stage0 import __version__
+from stage0.sdk.client import AsyncClient, CheckResult, StageZeroError
+from stage0.sdk.guard import ActionBlocked, ActionDeferred, ActionDenied, build_request
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "."
+DESTRUCTIVE_EFFECTS = ("delete",)
+OPEN_WORLD_EFFECTS = ("external_notification",)
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """The gateway's configuration file is missing, unreadable or invalid."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolRule(_Model):
+    """What Stage0 is told about one downstream tool (keyed by its downstream name)."""
+
+    side_effects: list[str] = Field(default_factory=list)
+    constraints: list[str] = Field(default_factory=list)
+    goal: str | None = None
+    success_criteria: list[str] = Field(default_factory=list)
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class DownstreamServer(_Model):
+    """A downstream MCP server started over stdio."""
+
+    command: str
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    prefix: bool = True
+    side_effects: list[str] = Field(default_factory=list)
+    constraints: list[str] = Field(default_factory=list)
+    tools: dict[str, ToolRule] = Field(default_factory=dict)
+    call_timeout: float | None = Field(default=None, gt=0)
+
+
+class Stage0Settings(_Model):
+    """How to reach Stage0; ``None`` means ``STAGE0_API_BASE`` / ``STAGE0_API_KEY``."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout: float = Field(default=5.0, gt=0)
+    environment: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    wait_for_approval: float = Field(default=0.0, ge=0)
+
+
+class AnnotationEffects(_Model):
+    """Side effects added by tool annotations (only ever added, never removed)."""
+
+    destructive: list[str] = Field(default_factory=lambda: list(DESTRUCTIVE_EFFECTS), min_length=1)
+    open_world: list[str] = Field(default_factory=lambda: list(OPEN_WORLD_EFFECTS), min_length=1)
+
+
+class GatewayConfig(_Model):
+    """The whole configuration file."""
+
+    stage0: Stage0Settings = Field(default_factory=Stage0Settings)
+    servers: dict[str, DownstreamServer] = Field(min_length=1)
+    annotations: AnnotationEffects = Field(default_factory=AnnotationEffects)
+
+    @field_validator("servers")
+    @classmethod
+    def _names(cls, value: dict[str, DownstreamServer]) -> dict[str, DownstreamServer]:
+        for name in value:
+            if not _SERVER_NAME.match(name):
+                raise ValueError(f"server name `{name}`: use 1-64 of A-Z a-z 0-9 _ -")
+        return value
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a YAML or JSON configuration file (JSON is YAML, so one parser reads both)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read `{path}`: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"`{path}` is not valid YAML/JSON: {exc}") from None
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"`{path}`: {exc}") from None
+
+
+def single_server_config(command: Sequence[str], name: str = "server") -> GatewayConfig:
+    """The configuration for ``stage0 mcp-proxy -- COMMAND ARGS...``."""
+    if not command:
+        raise ConfigError("no downstream command given")
+    return GatewayConfig.model_validate(
+        {"servers": {name: {"command": command[0], "args": list(command[1:])}}})
+
+
+# -- the risk of one call --------------------------------------------------------------------
+
+
+def _union(*lists: Sequence[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for items in lists:
+        for item in items:
+            seen.setdefault(item, None)
+    return list(seen)
+
+
+def annotation_effects(tool: types.Tool, effects: AnnotationEffects | None = None) -> list[str]:
+    """Side effects implied by the tool's annotations: only explicit ``true`` hints count."""
+    effects = effects or AnnotationEffects()
+    hints = tool.annotations
+    if hints is None:
+        return []
+    added: list[str] = []
+    if hints.destructive_hint is True:
+        added += effects.destructive
+    if hints.open_world_hint is True:
+        added += effects.open_world
+    return added
+
+
+def side_effects_for(server: DownstreamServer, rule: ToolRule, tool: types.Tool,
+                     effects: AnnotationEffects | None = None) -> list[str]:
+    """Configured side effects (server, then tool) plus those the annotations add."""
+    return _union(server.side_effects, rule.side_effects, annotation_effects(tool, effects))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One re-exported tool: where it goes and what Stage0 is told about it."""
+
+    exported: str
+    server: str
+    tool: types.Tool
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.server}{SEPARATOR}{self.tool.name}"
+
+
+def check_request(config: GatewayConfig, route: Route,
+                  arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``/check`` body for one ``tools/call``."""
+    server = config.servers[route.server]
+    rule = server.tools.get(route.tool.name, ToolRule())
+    context = {**config.stage0.context, **rule.context, "mcp_server": route.server,
+               "mcp_tool": route.tool.name, "active_mcp_servers": sorted(config.servers)}
+    goal = rule.goal or (f"Run the tool `{route.tool.name}` of the MCP server `{route.server}` "
+                         "with the given arguments")
+    return build_request(
+        route.qualified, arguments, goal=goal,
+        side_effects=side_effects_for(server, rule, route.tool, config.annotations),
+        constraints=_union(server.constraints, rule.constraints), context=context,
+        success_criteria=rule.success_criteria or None, environment=config.stage0.environment)
+
+
+# -- the decision ----------------------------------------------------------------------------
+
+
+def _blocked(result: CheckResult, message: str | None = None) -> ActionBlocked:
+    if result.verdict == "DEFER":
+        return ActionDeferred(result, message)
+    return ActionDenied(result, message)
+
+
+async def authorize(client: AsyncClient, body: dict[str, Any],
+                    wait_for_approval: float = 0.0) -> CheckResult:
+    """Return the ALLOW result (its execution token verified and consumed) or raise
+    :class:`ActionDenied` / :class:`ActionDeferred`.
+
+    A DEFER whose approval is already granted (the same action was approved since it was first
+    asked) is checked again at once with ``context.approval_id``; with ``wait_for_approval``
+    a pending one is waited for first.
+    """
+    result = await client.check(body)
+    approval = result.approval
+    if result.verdict == "DEFER" and approval and isinstance(approval.get("approval_id"), str):
+        approval_id = str(approval["approval_id"])
+        status = approval.get("status")
+        if status == "pending" and wait_for_approval > 0:
+            try:
+                status = (await client.wait_for_approval(approval_id,
+                                                         timeout=wait_for_approval)).get("status")
+            except (StageZeroError, httpx.HTTPError) as exc:
+                raise ActionDeferred(result, f"DEFER: {exc}") from None
+        if status == "approved":
+            body = {**body, "context": {**body.get("context", {}), "approval_id": approval_id}}
+            result = await client.check(body)
+    if not result.allowed:
+        raise _blocked(result)
+    token, digest = result.execution_token, result.action_digest
+    if token:
+        try:
+            await client.verify_token(token, digest or "")
+            await client.consume_token(token, digest or "")
+        except (StageZeroError, httpx.HTTPError, ValueError) as exc:
+            raise ActionDenied(result, f"the execution token was refused: {exc}") from None
+    return result
+
+
+def blocked_result(exc: ActionBlocked, tool: str) -> types.CallToolResult:
+    """DENY/DEFER as an MCP tool error the agent (and its user) can act on."""
+    result = exc.result
+    approval = exc.approval or {}
+    approval_id = approval.get("approval_id")
+    codes = result.issue_codes
+    lines = [f"Stage0 {result.verdict} ({result.decision}): the call to `{tool}` was not run.",
+             f"reason: {result.body.get('reason') or '-'}",
+             f"request_id: {exc.request_id}",
+             f"policy_version: {exc.policy_version}",
+             f"issues: {', '.join(codes) if codes else '-'}"]
+    if str(exc) != f"{result.verdict}: {result.body.get('reason') or ', '.join(codes)}":
+        lines.append(f"detail: {exc}")
+    if approval_id:
+        lines.append(f"approval_id: {approval_id} (status: {approval.get('status')}); "
+                     "retry the same call once it is approved")
+    for issue in exc.issues:
+        if isinstance(issue, dict) and issue.get("message"):
+            lines.append(f"- {issue.get('code')}: {issue.get('message')}")
+    structured = {"stage0": {
+        "verdict": result.verdict, "decision": result.decision, "request_id": exc.request_id,
+        "policy_version": exc.policy_version, "issues": codes, "approval_id": approval_id,
+        "approval_status": approval.get("status"), "reason": result.body.get("reason")}}
+    return types.CallToolResult(content=[types.TextContent(type="text", text="\n".join(lines))],
+                                structured_content=structured, is_error=True)
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+
+class Gateway:
+    """Downstream sessions, the Stage0 client and the MCP server that ties them together.
+
+    ``async with Gateway(config) as gateway: await gateway.serve_stdio()``.
+    """
+
+    def __init__(self, config: GatewayConfig, *, client: AsyncClient | None = None,
+                 errlog: TextIO | None = None) -> None:
+        self.config = config
+        settings = config.stage0
+        self.client = client or AsyncClient(settings.base_url, settings.api_key,
+                                            timeout=settings.timeout)
+        self._owns_client = client is None
+        self._errlog = errlog if errlog is not None else sys.stderr
+        self._stack = AsyncExitStack()
+        self.sessions: dict[str, ClientSession] = {}
+        self.routes: dict[str, Route] = {}
+        self.server: Server[Any] = Server(
+            "stage0-mcp-proxy", version=__version__,
+            instructions="Every tool call is authorized by Stage0 before it is forwarded.",
+            on_list_tools=self._on_list_tools, on_call_tool=self._on_call_tool)
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            for name, spec in self.config.servers.items():
+                params = StdioServerParameters(
+                    command=spec.command, args=spec.args, cwd=spec.cwd,
+                    env={k: os.path.expandvars(v) for k, v in spec.env.items()} or None)
+                read, write = await self._stack.enter_async_context(
+                    stdio_client(params, errlog=self._errlog))
+                session = await self._stack.enter_async_context(ClientSession(read, write))
+                with anyio.fail_after(30):
+                    await session.initialize()
+                self.sessions[name] = session
+            await self.refresh()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            if self._owns_client:
+                await self.client.aclose()
+
+    async def _list_downstream(self, session: ClientSession) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        while True:
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await session.list_tools(params=params)
+            tools += page.tools
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+
+    async def refresh(self) -> dict[str, Route]:
+        """List every downstream server's tools and rebuild the routing table."""
+        routes: dict[str, Route] = {}
+        for name, session in self.sessions.items():
+            spec = self.config.servers[name]
+            for tool in await self._list_downstream(session):
+                exported = f"{name}{SEPARATOR}{tool.name}" if spec.prefix else tool.name
+                if exported in routes:
+                    raise ConfigError(f"two downstream tools are exported as `{exported}`: "
+                                      f"set `prefix: true` on `{name}` or "
+                                      f"`{routes[exported].server}`")
+                routes[exported] = Route(exported, name, tool)
+        self.routes = routes
+        return routes
+
+    def exported_tools(self) -> list[types.Tool]:
+        return [route.tool.model_copy(update={"name": route.exported})
+                for route in self.routes.values()]
+
+    async def _on_list_tools(self, ctx: ServerRequestContext[Any],
+                             params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        await self.refresh()
+        return types.ListToolsResult(tools=self.exported_tools())
+
+    async def _on_call_tool(self, ctx: ServerRequestContext[Any],
+                            params: types.CallToolRequestParams,
+                            ) -> types.CallToolResult | types.InputRequiredResult:
+        return await self.call_tool(params.name, params.arguments or {})
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        """Authorize one call with Stage0 and forward it only on ALLOW."""
+        route = self.routes.get(name)
+        if route is None:
+            await self.refresh()  # never forward a tool whose annotations were not read
+            route = self.routes.get(name)
+        if route is None:
+            raise MCPError(types.INVALID_PARAMS, f"unknown tool `{name}`")
+        body = check_request(self.config, route, arguments)
+        try:
+            decision = await authorize(self.client, body, self.config.stage0.wait_for_approval)
+        except ActionBlocked as exc:
+            log.info("%s %s request_id=%s issues=%s", exc.result.verdict, route.qualified,
+                     exc.request_id, ",".join(exc.result.issue_codes))
+            return blocked_result(exc, route.qualified)
+        log.info("ALLOW %s request_id=%s: forwarding", route.qualified, decision.request_id)
+        spec = self.config.servers[route.server]
+        try:
+            result = await self.sessions[route.server].call_tool(
+                route.tool.name, arguments, read_timeout_seconds=spec.call_timeout)
+        except MCPError:
+            raise
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
+                TimeoutError) as exc:
+            text = (f"Stage0 allowed the call (request_id {decision.request_id}) but the "
+                    f"downstream server `{route.server}` failed: {type(exc).__name__}: {exc}")
+            return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                        is_error=True)
+        return result
+
+    async def serve(self, read: Any, write: Any) -> None:
+        """Serve one MCP connection over the given streams."""
+        await self.server.run(read, write, self.server.create_initialization_options())
+
+    async def serve_stdio(self) -> None:
+        """Serve MCP over this process's stdin/stdout (fd 1 goes to stderr meanwhile)."""
+        async with stdio_server() as (read, write):
+            await self.serve(read, write)
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    """Connect to the downstream servers and serve MCP on stdio until stdin closes."""
+    async with Gateway(config) as gateway:
+        log.info("stage0 mcp-proxy: %d tools from %s; Stage0 at %s", len(gateway.routes),
+                 ", ".join(gateway.sessions), gateway.client.base_url)
+        await gateway.serve_stdio()
+
+
+__all__ = ["AnnotationEffects", "ConfigError", "DownstreamServer", "Gateway", "GatewayConfig",
+           "Route", "Stage0Settings", "ToolRule", "annotation_effects", "authorize",
+           "blocked_result", "check_request", "load_config", "run_gateway", "side_effects_for",
+           "single_server_config"]
