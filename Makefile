@@ -26,7 +26,7 @@ run: setup
 	$(BIN)/stage0 check examples/deferred-deployment.json --format text || [ $$? -eq 10 ]
 
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
 test: lint

@@ -130,3 +130,13 @@ def test_changelog_and_readme_exist() -> None:
     assert (root / "CHANGELOG.md").read_text("utf-8").startswith("# Changelog")
     readme = (root / "README.md").read_text("utf-8")
     assert "stage0 check" in readme
+
+
+def test_example_scripts_compile_and_integrations_are_documented() -> None:
+    root = DOCS.parent
+    for script in (root / "examples").glob("*.py"):
+        compile(script.read_text("utf-8"), str(script), "exec")
+    text = (DOCS / "integrations.md").read_text("utf-8")
+    for heading in ("## MCP gateway", "## OpenAI Agents SDK", "## LangGraph",
+                    "STAGE0_API_BASE", "STAGE0_API_KEY"):
+        assert heading in text
