@@ -252,7 +252,11 @@ def test_async_guard(live_api: Api) -> None:
                 await pay("acme", 7)
             approval = deferred.value.approval
             assert approval is not None
-            await asyncio.to_thread(approver.approvals.approve, approval["approval_id"])
+            async_approver = AsyncClient(api_key=approver.api_key, http_client=http)
+            listed = await async_approver.approvals.list()
+            assert [a["approval_id"] for a in listed] == [approval["approval_id"]]
+            decided = await async_approver.approvals.approve(approval["approval_id"])
+            assert decided["status"] == "approved"
 
             @stage0.guard(tool="payments.create_payout", client=client, wait_for_approval=5,
                           **PAYOUT_KW)

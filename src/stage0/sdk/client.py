@@ -332,6 +332,7 @@ class AsyncClient(_Base):
         super().__init__(base_url, api_key, timeout)
         self._http = http_client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._owns = http_client is None
+        self.approvals = _AsyncApprovals(self)
 
     async def aclose(self) -> None:
         if self._owns:
@@ -371,6 +372,20 @@ class AsyncClient(_Base):
     async def get_approval(self, approval_id: str) -> dict[str, Any]:
         return dict(await self._send("GET", f"/v1/approvals/{approval_id}", "get approval"))
 
+    async def list_approvals(self, status: str | None = "pending") -> list[dict[str, Any]]:
+        path = "/v1/approvals" + (f"?status={status}" if status else "")
+        return list((await self._send("GET", path, "list approvals"))["items"])
+
+    async def approve(self, approval_id: str, reason: str = "",
+                      totp: str | None = None) -> dict[str, Any]:
+        return dict(await self._send("POST", f"/v1/approvals/{approval_id}/approve", "approve",
+                                     {"reason": reason, "totp": totp}))
+
+    async def reject(self, approval_id: str, reason: str = "",
+                     totp: str | None = None) -> dict[str, Any]:
+        return dict(await self._send("POST", f"/v1/approvals/{approval_id}/reject", "reject",
+                                     {"reason": reason, "totp": totp}))
+
     async def wait_for_approval(self, approval_id: str, timeout: float = 300.0, *,
                                 initial_delay: float = 0.5,
                                 max_delay: float = 10.0) -> dict[str, Any]:
@@ -403,6 +418,27 @@ class AsyncClient(_Base):
                                          {"token": token, "action_digest": action_digest}))
         except StageZeroError as exc:
             raise TokenRejected(str(exc), exc.status, exc.body) from None
+
+
+class _AsyncApprovals:
+    """``AsyncClient.approvals``: the same names as the sync client's, awaitable."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self, status: str | None = "pending") -> list[dict[str, Any]]:
+        return await self._c.list_approvals(status)
+
+    async def get(self, approval_id: str) -> dict[str, Any]:
+        return await self._c.get_approval(approval_id)
+
+    async def approve(self, approval_id: str, reason: str = "",
+                      totp: str | None = None) -> dict[str, Any]:
+        return await self._c.approve(approval_id, reason, totp)
+
+    async def reject(self, approval_id: str, reason: str = "",
+                     totp: str | None = None) -> dict[str, Any]:
+        return await self._c.reject(approval_id, reason, totp)
 
 
 class LocalEngine:
