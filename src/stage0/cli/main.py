@@ -15,8 +15,17 @@ import orjson
 
 from stage0 import __version__
 from stage0.cli.mcp_proxy import mcp_proxy
+from stage0.cli.policy_cmds import policy_test, policy_validate
 from stage0.cli.render import render_text
-from stage0.cli.service import approvals, audit, keys, serve, webhooks_group
+from stage0.cli.service import (
+    approvals,
+    audit,
+    keys,
+    policy_replay,
+    policy_shadow_report,
+    serve,
+    webhooks_group,
+)
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError
 from stage0.contract.request import parse_instant
 from stage0.engine import Engine, InMemoryRunState
@@ -205,6 +214,10 @@ cli.add_command(audit)
 cli.add_command(approvals)
 cli.add_command(webhooks_group)
 cli.add_command(mcp_proxy)
+policy.add_command(policy_validate)
+policy.add_command(policy_test)
+policy.add_command(policy_replay)
+policy.add_command(policy_shadow_report)
 
 
 def main() -> None:

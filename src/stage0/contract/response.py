@@ -46,5 +46,7 @@ class CheckResponse(BaseModel):
     policy_sha256: str
     buckets: list[str]
     ignored_fields: list[str] = Field(description="Unknown top-level request fields, recorded")
+    shadow_issues: list[dict[str, Any]] = Field(
+        default=[], description="Issues of shadow rules: reported and logged, never decisive")
     approval: dict[str, Any] | None = None
     execution_token: str | None = None

@@ -291,6 +291,7 @@ class Engine:
                 "policy_sha256": policy.sha256 if policy is not None else "",
                 "buckets": [],
                 "ignored_fields": request.unknown_fields,
+                "shadow_issues": [],
             }
         )
 
@@ -326,6 +327,15 @@ def _custom_rules(
                 "now": f.at,
                 "tenant": f.tenant,
             }
+        if rule.shadow:
+            try:
+                fired = rule.evaluate(data)
+            except Exception as exc:  # noqa: BLE001 - a shadow rule never decides, even failing
+                out.shadow.append({"code": rule.spec.code, "error": str(exc)[:300]})
+                continue
+            if fired:
+                out.shadow.append(rule.spec.issue(pro=f.pro).to_dict())
+            continue
         if rule.evaluate(data):
             out.add_spec(rule.spec)
 
@@ -415,4 +425,5 @@ def _respond(
         "policy_sha256": policy.sha256,
         "buckets": list(f.buckets),
         "ignored_fields": f.request.unknown_fields,
+        "shadow_issues": out.shadow,
     }

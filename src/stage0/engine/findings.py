@@ -11,7 +11,7 @@ _RANK = {"NONE": 0, "DEFER": 1, "DENY": 2}
 
 
 class Findings:
-    __slots__ = ("checks", "clarifying", "issues", "pro", "specs", "value_findings")
+    __slots__ = ("checks", "clarifying", "issues", "pro", "shadow", "specs", "value_findings")
 
     def __init__(self, pro: bool) -> None:
         self.pro = pro
@@ -20,6 +20,8 @@ class Findings:
         self.checks: dict[str, Any] = {}
         self.clarifying: list[str] = []
         self.value_findings: list[str] = []
+        self.shadow: list[dict[str, str]] = []
+        """Issues of shadow rules: reported, never part of the verdict."""
 
     def add(self, code: str, message: str | None = None) -> None:
         self.add_spec(CODES[code], message)

@@ -54,6 +54,7 @@ class CompiledRule:
     source: str
     when_context: tuple[str, ...]
     _expr: Any
+    shadow: bool = False
 
     def applies(self, context: Mapping[str, Any]) -> bool:
         return all(context.get(k) is not None for k in self.when_context)
@@ -78,6 +79,7 @@ def compile_rule(
     message: str,
     remediation: str,
     question: str | None,
+    shadow: bool = False,
 ) -> CompiledRule:
     try:
         expr = _ENV.compile(condition)
@@ -97,4 +99,4 @@ def compile_rule(
         remediation=remediation,
         question=question,
     )
-    return CompiledRule(spec, condition, when_context, expr)
+    return CompiledRule(spec, condition, when_context, expr, shadow)

@@ -151,6 +151,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
                     message=r.message,
                     remediation=r.remediation,
                     question=r.question,
+                    shadow=r.mode == "shadow",
                 )
             )
         except CelRuleError as exc:

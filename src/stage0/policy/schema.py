@@ -148,6 +148,10 @@ class CustomRule(_Strict):
     message: str
     remediation: str
     question: str | None = None
+    mode: Literal["enforce", "shadow"] = Field(
+        default="enforce",
+        description="shadow: evaluated and reported in `shadow_issues`, never changes the verdict",
+    )
 
     @field_validator("code")
     @classmethod
