@@ -76,7 +76,8 @@ def _store(db: str | None) -> Iterator[Store]:
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @DB_OPTION
 @click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
-              type=click.Path(dir_okay=False), help="Policy pack YAML (default: built-in).")
+              type=click.Path(), help="Policy pack YAML, or a directory holding one (default: "
+                                      "built-in). Reloaded on SIGHUP and when it changes.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes.")
 @click.option("--frozen-time", "frozen_time", default=None,
@@ -95,7 +96,9 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
                    + f"the evaluation clock is frozen at {frozen_time}; every decision records "
                      "it. Do not use this in production.", err=True)
     try:
-        policy = load_policy(policy_path)
+        from stage0.server.reload import resolve_pack  # noqa: PLC0415
+
+        policy = load_policy(resolve_pack(policy_path) if policy_path else None)
         click.echo(f"policy   {policy.policy_version} ({policy.sha256[:12]})", err=True)
     except PolicyError as exc:
         click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)

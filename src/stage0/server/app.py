@@ -27,6 +27,7 @@ from stage0.engine import system_clock
 from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.server import metrics
 from stage0.server.pipeline import Job, Pipeline, error_body
+from stage0.server.reload import PolicyReloader, resolve_pack
 from stage0.store import Store, ledger
 from stage0.store import approvals as approvals_store
 from stage0.store.keys import ApiKey, lookup_key
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ensure_signing_key(store)
         policy: CompiledPolicy | None
         try:
-            policy = load_policy(settings.policy)
+            policy = load_policy(resolve_pack(settings.policy) if settings.policy else None)
         except PolicyError as exc:
             log.error("%s; every /check fails closed until a valid pack is loaded", exc)
             policy = None
@@ -120,6 +121,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             clock = system_clock
         pipeline = Pipeline(store, policy, clock=clock, frozen_time=settings.frozen_time)
+        reloader: PolicyReloader | None = None
+        if policy is not None:
+            metrics.POLICY_INFO.labels(policy_version=policy.policy_version,
+                                       sha256=policy.sha256).set(1)
+
+        def apply(new: CompiledPolicy) -> None:
+            old = state.get("policy")
+            pipeline.swap_policy(new)
+            state["policy"] = new
+            if old is not None:
+                metrics.POLICY_INFO.labels(policy_version=old.policy_version,
+                                           sha256=old.sha256).set(0)
+            metrics.POLICY_INFO.labels(policy_version=new.policy_version,
+                                       sha256=new.sha256).set(1)
+
+        if settings.policy:
+            reloader = PolicyReloader(settings.policy, apply)
+            reloader.start()
         sweeps = {"last": 0.0}
 
         def sweep() -> None:  # expire approvals every 30 s, from the delivery thread
@@ -131,7 +150,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deliverer.start()
         state.update(store=store, policy=policy, clock=clock, pipeline=pipeline,
                      deliverer=deliverer)
+        state["reloader"] = reloader
         yield
+        if reloader is not None:
+            reloader.close()
         deliverer.close()
         pipeline.close()
         store.dispose()
@@ -417,10 +439,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(writable)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             problems.append(f"the store is not writable: {str(exc).splitlines()[0][:200]}")
+        reloader = state.get("reloader")
         body = {
             "status": "ready" if not problems else "not ready",
             "policy_version": policy.policy_version if policy else None,
+            "policy_sha256": policy.sha256 if policy else None,
             "problems": problems,
+            "last_reload": reloader.status if reloader is not None else None,
             "frozen_time": settings.frozen_time,
         }
         return JSONResponse(body, 200 if not problems else 503)

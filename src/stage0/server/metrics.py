@@ -37,6 +37,12 @@ BATCH_SIZE = Histogram(
     "stage0_audit_batch_size", "Decisions per committed batch",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+POLICY_RELOADS = Counter(
+    "stage0_policy_reloads_total", "Policy pack reloads, applied or refused", ["result"])
+POLICY_INFO = Gauge(
+    "stage0_policy_info", "The policy pack serving (value 1)", ["policy_version", "sha256"],
+    multiprocess_mode="liveall",
+)
 QUEUE_DEPTH = Gauge(
     "stage0_audit_queue_depth", "Requests waiting for the decision log writer",
     multiprocess_mode="livesum",

@@ -161,6 +161,7 @@ class Pipeline:
         self.engine = Engine(policy, run_state=self.run_state, approvals=self.approvals,
                              clock=clock)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._pending_policy: CompiledPolicy | None = None
         self._conn: Any = None
         self._sql = {name: store.sql(text) for name, text in {
             "key": SELECT_KEY, "usage": SELECT_USAGE, "upsert_usage": UPSERT_USAGE,
@@ -178,6 +179,17 @@ class Pipeline:
     @property
     def policy_version(self) -> str:
         return self.policy.policy_version if self.policy is not None else "none"
+
+    def swap_policy(self, policy: CompiledPolicy) -> None:
+        """Serve ``policy`` from the next batch on (never in the middle of one)."""
+        self._pending_policy = policy
+
+    def _apply_pending_policy(self) -> None:
+        policy, self._pending_policy = self._pending_policy, None
+        if policy is not None:
+            self.policy = policy
+            self.engine = Engine(policy, run_state=self.run_state, approvals=self.approvals,
+                                 clock=self.clock)
 
     def submit(self, job: Job) -> Future[Outcome]:
         self._queue.put(job)
@@ -202,6 +214,7 @@ class Pipeline:
             job = self._queue.get()
             if job is None:
                 return
+            self._apply_pending_policy()
             if job.op == "sweep":
                 metrics.QUEUE_DEPTH.dec()
                 self._process_sweep(job)
