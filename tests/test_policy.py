@@ -153,3 +153,31 @@ def test_bucket_requirements_mfa_and_ticket() -> None:
     found = decide(body, policy=policy).issue_codes
     assert "MFA_REQUIRED" in found
     assert "TICKET_REQUIRED" in found
+
+
+def test_rules_scoped_by_tool_and_bucket() -> None:
+    doc = _doc()
+    doc["rules"] = [
+        {"code": "PAYOUTS_ONLY", "tools": ["payments.*"], "condition": "true",
+         "effect": "DEFER", "severity": "MEDIUM", "message": "m", "remediation": "r"},
+        {"code": "DEPLOY_BUCKET", "buckets": ["production_control_plane"], "condition": "true",
+         "effect": "DEFER", "severity": "MEDIUM", "message": "m", "remediation": "r"},
+        {"code": "BOTH", "tools": ["payments.refund"], "buckets": ["money_movement"],
+         "condition": "true", "effect": "DEFER", "severity": "MEDIUM", "message": "m",
+         "remediation": "r"},
+        {"code": "EVERYWHERE", "condition": "false", "message": "m", "remediation": "r"},
+    ]
+    policy = compile_document(doc)
+    base = {"constraints": ["approval required"], "context": {"approval_status": "approved"}}
+    refund = decide(request(tools=["payments.refund"], **base), policy=policy).issue_codes
+    assert "PAYOUTS_ONLY" in refund
+    assert "BOTH" in refund
+    assert "DEPLOY_BUCKET" not in refund
+    deploy = decide(request(tools=["deploy.api"], environment="staging", **base),
+                    policy=policy).issue_codes
+    assert "DEPLOY_BUCKET" in deploy
+    assert "PAYOUTS_ONLY" not in deploy
+    plain = decide(request(), policy=policy).issue_codes
+    assert not {"PAYOUTS_ONLY", "DEPLOY_BUCKET", "BOTH"} & set(plain)
+    assert [r.spec.code for r in policy.rules_for(("payments.refund",), ("money_movement",))] \
+        == ["PAYOUTS_ONLY", "BOTH", "EVERYWHERE"]

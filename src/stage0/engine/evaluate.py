@@ -244,7 +244,7 @@ class Engine:
         cost_estimate = check_loops(out, f, g, self.run_state)
         checks.check_task_clarity(out, f, self._goal_problems(request.goal, policy))
         if policy.rules:
-            _custom_rules(out, f, policy, constraints)
+            _custom_rules(out, f, policy, constraints)  # indexed by tool and bucket
 
         return _respond(
             out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate
@@ -310,7 +310,7 @@ def _custom_rules(
 ) -> None:
     data: dict[str, Any] | None = None
     ctx = f.context
-    for rule in policy.rules:
+    for rule in policy.rules_for(f.tools, f.buckets):
         if not all(getattr(ctx, key, None) is not None for key in rule.when_context):
             continue
         if data is None:

@@ -55,6 +55,9 @@ class CompiledRule:
     when_context: tuple[str, ...]
     _expr: Any
     shadow: bool = False
+    index: int = 0
+    tool_globs: tuple[str, ...] = ()
+    buckets: frozenset[str] = frozenset()
 
     def applies(self, context: Mapping[str, Any]) -> bool:
         return all(context.get(k) is not None for k in self.when_context)
@@ -80,6 +83,9 @@ def compile_rule(
     remediation: str,
     question: str | None,
     shadow: bool = False,
+    index: int = 0,
+    tool_globs: tuple[str, ...] = (),
+    buckets: frozenset[str] = frozenset(),
 ) -> CompiledRule:
     try:
         expr = _ENV.compile(condition)
@@ -99,4 +105,4 @@ def compile_rule(
         remediation=remediation,
         question=question,
     )
-    return CompiledRule(spec, condition, when_context, expr, shadow)
+    return CompiledRule(spec, condition, when_context, expr, shadow, index, tool_globs, buckets)

@@ -21,6 +21,7 @@ from stage0.policy.compiled import (
     ApprovalRule,
     CompiledBucket,
     CompiledPolicy,
+    RuleIndex,
     index_effect_buckets,
 )
 from stage0.policy.matching import GlobMatcher, normalize_name
@@ -152,6 +153,9 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
                     remediation=r.remediation,
                     question=r.question,
                     shadow=r.mode == "shadow",
+                    index=i,
+                    tool_globs=tuple(r.tools),
+                    buckets=frozenset(r.buckets),
                 )
             )
         except CelRuleError as exc:
@@ -184,6 +188,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         token_issuer=doc.execution_tokens.issuer,
         _effect_buckets=index_effect_buckets(buckets),
         _bucket_index=MappingProxyType({b.name: b for b in buckets}),
+        _rule_index=RuleIndex(tuple(rules)),
     )
 
 

@@ -142,6 +142,12 @@ class CustomRule(_Strict):
     when_context: list[str] = Field(
         default=[], description="Evaluate only when every one of these context keys is present"
     )
+    tools: list[str] = Field(
+        default=[], description="Evaluate only for a call whose tools match one of these globs"
+    )
+    buckets: list[str] = Field(
+        default=[], description="Evaluate only when the action falls in one of these buckets"
+    )
     severity: SeverityName = "HIGH"
     effect: EffectName = "DENY"
     pro_effect: EffectName | None = None
