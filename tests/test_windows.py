@@ -101,3 +101,36 @@ def test_overnight_window() -> None:
     ]:
         decision = decide(request(constraints=constraints), at=at, policy=policy)
         assert ("OUTSIDE_CHANGE_WINDOW" not in decision.issue_codes) is inside, at
+
+
+def test_holidays_close_a_window_and_move_the_next_opening() -> None:
+    text = default_pack_text().replace(
+        'end: "17:00"        # the end is exclusive: 17:00 is outside',
+        'end: "17:00"\n    holidays: [2026-03-17, 2026-03-18]',
+    )
+    policy = compile_text(text)
+    body = decide(request(constraints=BH), at="2026-03-17T10:00:00Z", policy=policy).body
+    assert body["verdict"] == "DEFER"
+    window = body["guardrail_checks"]["change_window"]["windows"][0]
+    assert window["next_window_opens_at"] == "2026-03-19T09:00:00Z"
+    assert window["retry_after_seconds"] == 2 * 86400 - 3600
+    assert decide(request(constraints=BH), at="2026-03-19T10:00:00Z",
+                  policy=policy).verdict == "ALLOW"
+
+
+def test_a_freeze_denies_covered_actions_and_nothing_else() -> None:
+    text = default_pack_text().replace(
+        "change_windows:\n",
+        "freezes:\n  - name: year-end\n    start: 2026-12-20T00:00:00Z\n"
+        "    end: 2027-01-04T00:00:00Z\n    reason: year-end close\n"
+        "    buckets: [money_movement, production_control_plane]\nchange_windows:\n",
+    )
+    policy = compile_text(text)
+    payout = request(tools=["payments.create_payout"], constraints=["approval required"],
+                     context={"approval_status": "approved"})
+    during = decide(payout, at="2026-12-22T10:00:00Z", policy=policy)
+    assert during.verdict == "DENY"
+    assert "CHANGE_FREEZE" in during.issue_codes
+    assert during.body["guardrail_checks"]["freeze"]["until"] == "2027-01-04T00:00:00Z"
+    assert decide(payout, at="2027-01-04T00:00:00Z", policy=policy).verdict == "ALLOW"
+    assert decide(request(), at="2026-12-22T10:00:00Z", policy=policy).verdict == "ALLOW"

@@ -133,6 +133,11 @@ _ALL = [
         "Drop the write-class side effects, or remove the read-only constraint and add guardrails",
     ),
     _spec(
+        "CHANGE_FREEZE", V,
+        "A change freeze is in force for this kind of action",
+        "Wait until the freeze ends, or use an emergency process outside the agent",
+    ),
+    _spec(
         "CONSTRAINT_INVALID", V,
         "A recognised constraint has a value that cannot be applied",
         "Fix the constraint named in the message (for example `max_records: 50`)",

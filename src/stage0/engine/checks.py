@@ -161,20 +161,42 @@ def check_change_windows(out: Findings, f: Facts, g: Guardrails, policy: Compile
         if window.contains(f.at):
             results.append({"name": name, "open": True, "schedule": window.describe()})
             continue
-        opens = _iso(window.next_open(f.at))
+        opening = window.next_open(f.at)
+        opens = _iso(opening)
         out.add(
             "OUTSIDE_CHANGE_WINDOW",
             f"{_iso(f.at)} is outside change window `{name}` ({window.describe()}); "
             f"it next opens at {opens}",
         )
         results.append(
-            {"name": name, "open": False, "schedule": window.describe(), "next_open": opens}
+            {"name": name, "open": False, "schedule": window.describe(), "next_open": opens,
+             "next_window_opens_at": opens,
+             "retry_after_seconds": max(1, int((opening - f.at).total_seconds() + 0.999))}
         )
     out.checks["change_window"] = {
         "required": True,
         "satisfied": all(r["open"] for r in results),
         "windows": results,
     }
+
+
+def check_freezes(out: Findings, f: Facts, policy: CompiledPolicy) -> None:
+    """Deny an action covered by a change freeze in force (operator policy: no constraint
+    can lift it)."""
+    for freeze in policy.freezes:
+        if not freeze.start <= f.at < freeze.end:
+            continue
+        covered = (set(freeze.buckets) & set(f.buckets)) if freeze.buckets else bool(
+            f.write_effects)
+        if covered:
+            out.add(
+                "CHANGE_FREEZE",
+                f"Change freeze `{freeze.name}` is in force until {_iso(freeze.end)}"
+                + (f": {freeze.reason}" if freeze.reason else ""),
+            )
+            out.checks["freeze"] = {"name": freeze.name, "until": _iso(freeze.end),
+                                    "reason": freeze.reason}
+            return
 
 
 def _truthy_plan(value: bool | str | None) -> bool:

@@ -235,6 +235,8 @@ class Engine:
         checks.check_role(out, f, g)
         checks.check_environment(out, f, g, req, policy)
         checks.check_change_windows(out, f, g, policy)
+        if policy.freezes:
+            checks.check_freezes(out, f, policy)
         checks.check_rollback(out, f, req)
         checks.check_mfa(out, f, req, policy)
         checks.check_ticket(out, f, req)

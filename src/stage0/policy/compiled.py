@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from stage0.policy.cel import CompiledRule
 from stage0.policy.matching import GlobMatcher, normalize_name
@@ -79,6 +79,8 @@ class CompiledPolicy:
     risk: RiskWeights
     rules: tuple[CompiledRule, ...]
     timeout_seconds: float
+    freezes: tuple[Any, ...]
+    """The pack's change freezes (``stage0.policy.schema.Freeze``)."""
     default_approvals: ApprovalRule
     token_ttl: float
     token_issuer: str

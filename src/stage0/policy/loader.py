@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import time
+from datetime import date, datetime, time
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -77,7 +77,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         raise PolicyError(source, invalid) from None
     problems: list[str] = []
     try:
-        sha = hashlib.sha256(rfc8785.dumps(raw)).hexdigest()
+        sha = hashlib.sha256(rfc8785.dumps(_json_form(raw))).hexdigest()
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise PolicyError(source, [f"the pack is not representable as JSON: {exc}"]) from None
 
@@ -93,6 +93,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             start=time.fromisoformat(w.start),
             end=time.fromisoformat(w.end),
             zone=wzone or ZoneInfo("UTC"),
+            holidays=frozenset(w.holidays),
         )
 
     aliases: dict[str, tuple[str, str | None]] = {k: (k, None) for k in CONSTRAINT_KEYS}
@@ -184,12 +185,24 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         rules=tuple(rules),
         timeout_seconds=doc.evaluation.timeout_ms / 1000.0,
         default_approvals=default_approvals,
+        freezes=tuple(doc.freezes),
         token_ttl=parse_duration(doc.execution_tokens.ttl),
         token_issuer=doc.execution_tokens.issuer,
         _effect_buckets=index_effect_buckets(buckets),
         _bucket_index=MappingProxyType({b.name: b for b in buckets}),
         _rule_index=RuleIndex(tuple(rules)),
     )
+
+
+def _json_form(value: Any) -> Any:
+    """The document as JSON sees it: YAML's unquoted dates and times become ISO strings."""
+    if isinstance(value, dict):
+        return {str(k): _json_form(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_form(v) for v in value]
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return value
 
 
 def _zone(name: str | None, where: str, problems: list[str]) -> ZoneInfo | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -64,6 +65,8 @@ class ChangeWindow(_Strict):
     end: str
     timezone: str | None = None
     description: str = ""
+    holidays: list[date] = Field(
+        default=[], description="Local dates on which the window stays closed")
 
     @field_validator("start", "end")
     @classmethod
@@ -71,6 +74,22 @@ class ChangeWindow(_Strict):
         if not _HHMM.match(v):
             raise ValueError(f"`{v}` is not a time of day as HH:MM")
         return v
+
+
+class Freeze(_Strict):
+    """A change freeze: matching actions are denied from ``start`` until ``end``."""
+
+    name: str
+    start: datetime
+    end: datetime
+    reason: str = ""
+    buckets: list[str] = Field(
+        default=[], description="Buckets frozen; empty: every action with write-class effects")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v
 
 
 class SideEffectSettings(_Strict):
@@ -197,6 +216,7 @@ class PackDocument(_Strict):
     execution_tokens: ExecutionTokens = ExecutionTokens()
     mfa: MfaSettings = MfaSettings()
     change_windows: dict[str, ChangeWindow] = {}
+    freezes: list[Freeze] = []
     side_effects: SideEffectSettings
     sensitive_tools: SensitiveTools
     value_signal: ValueSignal

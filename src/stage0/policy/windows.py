@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,10 @@ class CompiledWindow:
     start: time
     end: time
     zone: ZoneInfo
+    holidays: frozenset[date] = frozenset()
+
+    def _open_day(self, day: date) -> bool:
+        return day.weekday() in self.days and day not in self.holidays
 
     @property
     def overnight(self) -> bool:
@@ -31,18 +35,19 @@ class CompiledWindow:
     def contains(self, at: datetime) -> bool:
         local = at.astimezone(self.zone)
         now = local.time().replace(tzinfo=None)
+        today = local.date()
         if not self.overnight:
-            return local.weekday() in self.days and self.start <= now < self.end
-        if local.weekday() in self.days and now >= self.start:
+            return self._open_day(today) and self.start <= now < self.end
+        if self._open_day(today) and now >= self.start:
             return True
-        return (local.weekday() - 1) % 7 in self.days and now < self.end
+        return self._open_day(today - timedelta(days=1)) and now < self.end
 
     def next_open(self, at: datetime) -> datetime:
         """The next time the window opens after ``at``, in UTC."""
         local = at.astimezone(self.zone)
-        for offset in range(8):
+        for offset in range(370):  # holidays can close weeks in a row
             day = local.date() + timedelta(days=offset)
-            if day.weekday() not in self.days:
+            if not self._open_day(day):
                 continue
             opening = datetime.combine(day, self.start, tzinfo=self.zone)
             if opening > local:
