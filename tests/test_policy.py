@@ -181,3 +181,54 @@ def test_rules_scoped_by_tool_and_bucket() -> None:
     assert not {"PAYOUTS_ONLY", "DEPLOY_BUCKET", "BOTH"} & set(plain)
     assert [r.spec.code for r in policy.rules_for(("payments.refund",), ("money_movement",))] \
         == ["PAYOUTS_ONLY", "BOTH", "EVERYWHERE"]
+
+
+def test_a_pack_can_extend_the_default_and_tighten_it() -> None:
+    from stage0.policy import compile_text  # noqa: PLC0415
+
+    child = compile_text(
+        "extends: stage0-policy-pack\nname: acme\nversion: 2.0.0\n"
+        "approvals:\n  quorum: 2\n"
+        "side_effects:\n  write_class: [ledger_post]\n"
+        "buckets:\n  money_movement:\n    require:\n      mfa: true\n"
+        "rules:\n  - code: ACME_RULE\n    condition: 'false'\n    message: m\n"
+        "    remediation: r\n"
+    )
+    assert child.policy_version == "acme@2.0.0"
+    assert child.default_approvals.quorum == 2
+    assert child.bucket("money_movement").mfa is True
+    assert child.bucket("money_movement").approval is True  # kept from the base
+    assert "ledger_post" in child.write_class
+    assert "money_movement" in child.write_class  # lists are united
+    assert [r.spec.code for r in child.rules][-1] == "ACME_RULE"
+    assert "CROSS_TENANT_ACTION" in [r.spec.code for r in child.rules]
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("buckets:\n  money_movement:\n    require:\n      approval: false\n",
+         "buckets.money_movement.require.approval"),
+        ("buckets:\n  production_control_plane:\n    require:\n      rollback_plan: never\n",
+         "rollback_plan"),
+        ("approval:\n  max_age: 48h\n", "approval.max_age"),
+        ("approvals:\n  quorum: 1\n", None),
+    ],
+)
+def test_extending_cannot_loosen(extra: str, problem: str | None) -> None:
+    from stage0.policy import compile_text  # noqa: PLC0415
+
+    text = "extends: stage0-policy-pack\nname: acme\nversion: 1.0.0\n" + extra
+    if problem is None:
+        assert compile_text(text).default_approvals.quorum == 1
+        return
+    with pytest.raises(PolicyError) as info:
+        compile_text(text)
+    assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_only_the_builtin_pack_can_be_extended() -> None:
+    from stage0.policy import compile_text  # noqa: PLC0415
+
+    with pytest.raises(PolicyError, match="only `stage0-policy-pack`"):
+        compile_text("extends: other\nname: a\nversion: 1.0.0\n")

@@ -24,6 +24,7 @@ from stage0.policy.compiled import (
     RuleIndex,
     index_effect_buckets,
 )
+from stage0.policy.extends import BUILTIN, resolve
 from stage0.policy.matching import GlobMatcher, normalize_name
 from stage0.policy.schema import ApprovalRules, PackDocument, parse_duration
 from stage0.policy.windows import DAY_INDEX, CompiledWindow
@@ -63,6 +64,13 @@ def compile_text(text: str, *, source: str = "<text>") -> CompiledPolicy:
         raise PolicyError(source, [f"not valid YAML: {exc}"]) from None
     if not isinstance(raw, dict):
         raise PolicyError(source, ["the pack must be a YAML mapping"])
+    if "extends" in raw:
+        if raw["extends"] != BUILTIN:
+            raise PolicyError(source, [f"extends: only `{BUILTIN}` (the built-in pack) can be "
+                                       f"extended, not `{raw['extends']}`"])
+        raw, problems = resolve(raw, default_pack_text())
+        if problems:
+            raise PolicyError(source, problems)
     return compile_document(raw, source=source)
 
 

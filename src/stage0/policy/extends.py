@@ -1,0 +1,80 @@
+"""``extends:``: a pack built on the default pack that may only tighten it.
+
+The child is merged over its base: mappings merge key by key, lists of names (side effects,
+patterns, verbs, aliases, roles, days…) are united, custom rules are appended, and scalars the
+child sets replace the base's. Then the result is compared with the base, and anything that
+would loosen it is refused — a bucket that no longer needs approval, a smaller quorum, approver
+MFA switched off, caller-written approval accepted again, a weaker rollback or environment
+requirement, a longer approval age, a removed bucket or window.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+BUILTIN = "stage0-policy-pack"
+
+
+def merge(base: Any, child: Any, path: str = "") -> Any:
+    if isinstance(base, dict) and isinstance(child, dict):
+        out = dict(base)
+        for key, value in child.items():
+            out[key] = merge(base[key], value, f"{path}.{key}") if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(child, list):
+        if path.endswith(".rules") or path == ".rules":
+            return [*base, *child]
+        return list(dict.fromkeys([*base, *child]))  # names: the union, base order first
+    return child
+
+
+_RANK = {"never": 0, "production": 1, "always": 2, "any": 0, "verified": 1}
+
+
+def loosenings(base: dict[str, Any], merged: dict[str, Any]) -> list[str]:
+    """What ``merged`` allows that ``base`` did not (empty when it only tightens)."""
+    from stage0.policy.schema import PackDocument, parse_duration  # noqa: PLC0415
+
+    b, m = PackDocument.model_validate(base), PackDocument.model_validate(merged)
+    problems: list[str] = []
+    if _RANK[m.approval.evidence] < _RANK[b.approval.evidence]:
+        problems.append("approval.evidence: `verified` cannot become `any`")
+    if parse_duration(m.approval.max_age) > parse_duration(b.approval.max_age):
+        problems.append("approval.max_age: cannot grow")
+    if m.approvals.quorum < b.approvals.quorum:
+        problems.append("approvals.quorum: cannot shrink")
+    if b.approvals.approver_mfa and not m.approvals.approver_mfa:
+        problems.append("approvals.approver_mfa: cannot be switched off")
+    for name, bucket in b.buckets.items():
+        if name not in m.buckets:
+            problems.append(f"buckets.{name}: cannot be removed")
+            continue
+        mine, theirs = m.buckets[name].require, bucket.require
+        where = f"buckets.{name}.require"
+        if theirs.approval and not mine.approval:
+            problems.append(f"{where}.approval: cannot be switched off")
+        for flag in ("environment", "mfa", "ticket"):
+            if getattr(theirs, flag) and not getattr(mine, flag):
+                problems.append(f"{where}.{flag}: cannot be switched off")
+        if _RANK[mine.rollback_plan] < _RANK[theirs.rollback_plan]:
+            problems.append(f"{where}.rollback_plan: cannot weaken")
+    for name in b.change_windows:
+        if name not in m.change_windows:
+            problems.append(f"change_windows.{name}: cannot be removed")
+    if len(m.rules) < len(b.rules):
+        problems.append("rules: the base pack's rules cannot be removed")
+    return problems
+
+
+def resolve(raw: dict[str, Any], base_text: str) -> tuple[dict[str, Any], list[str]]:
+    """The merged document for a pack with ``extends:`` and the loosenings it would make."""
+    child = {k: v for k, v in raw.items() if k != "extends"}
+    base = yaml.safe_load(base_text)
+    merged = merge(base, child)
+    try:
+        problems = loosenings(base, merged)
+    except ValueError as exc:  # the schema will report the merged pack's own problems
+        problems = [] if "validation error" in str(exc) else [str(exc)]
+    return merged, [f"extends: {p}" for p in problems]
