@@ -232,3 +232,12 @@ def test_only_the_builtin_pack_can_be_extended() -> None:
 
     with pytest.raises(PolicyError, match="only `stage0-policy-pack`"):
         compile_text("extends: other\nname: a\nversion: 1.0.0\n")
+
+
+def test_rules_accept_id_and_when() -> None:
+    doc = _doc()
+    doc["rules"] = [{"id": "NO_FRIDAY_DEPLOYS", "when": "'production_control_plane' in buckets",
+                     "effect": "DEFER", "severity": "MEDIUM", "message": "m", "remediation": "r"}]
+    policy = compile_document(doc)
+    assert [r.spec.code for r in policy.rules] == ["NO_FRIDAY_DEPLOYS"]
+    assert policy.rules[0].source == "'production_control_plane' in buckets"

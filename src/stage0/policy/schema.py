@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from stage0.contract.issues import EffectName, SeverityName
 
@@ -155,9 +155,9 @@ class RiskWeights(_Strict):
 class CustomRule(_Strict):
     """An operator rule: a CEL condition that, when true, raises an issue."""
 
-    code: str
+    code: str = Field(validation_alias=AliasChoices("code", "id"))
     description: str = ""
-    condition: str
+    condition: str = Field(validation_alias=AliasChoices("condition", "when"))
     when_context: list[str] = Field(
         default=[], description="Evaluate only when every one of these context keys is present"
     )
