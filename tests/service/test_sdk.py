@@ -307,3 +307,20 @@ def test_the_async_client_wraps_network_errors() -> None:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_guard_uses_an_approval_granted_since_without_waiting(live_api: Api) -> None:
+    agent, approver = people(live_api)
+
+    @stage0.guard(tool="payments.create_payout", client=agent, **PAYOUT_KW)
+    def pay(vendor: str, amount: int) -> str:
+        return "paid"
+
+    with pytest.raises(ActionDeferred) as deferred:
+        pay("acme", 42)
+    approval = deferred.value.approval
+    assert approval is not None
+    approver.approvals.approve(approval["approval_id"])
+    assert pay("acme", 42) == "paid"  # the open, granted request is used at once
+    with pytest.raises(ActionDeferred):  # and only once
+        pay("acme", 42)

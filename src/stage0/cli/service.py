@@ -318,32 +318,27 @@ def _decide(db: str | None, api_key: str | None, op: str, approval_id: str, reas
         sys.exit(1)
 
 
-@approvals.command("approve")
-@DB_OPTION
-@KEY_OPTION
-@click.option("--reason", default="", help="Why (recorded in the log).")
-@click.option("--totp", default=None, help="The TOTP code, when the request needs approver MFA.")
-@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
-              type=click.Path(dir_okay=False), help="Policy pack (for the policy version).")
-@click.argument("approval_id")
-def approvals_approve(db: str | None, api_key: str | None, reason: str, totp: str | None,
-                      policy_path: str | None, approval_id: str) -> None:
-    """Approve as the principal of --key. Exit 1 when refused (the reason is printed)."""
-    _decide(db, api_key, "approve", approval_id, reason, totp, policy_path)
+def _decision_command(op: str, doc: str) -> None:
+    """`approvals approve` and `approvals reject`: the same options, one pipeline path."""
+
+    @approvals.command(op, help=doc)
+    @DB_OPTION
+    @KEY_OPTION
+    @click.option("--reason", default="", help="Why (recorded in the log).")
+    @click.option("--totp", default=None,
+                  help="The TOTP code, when the request needs approver MFA.")
+    @click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
+                  type=click.Path(dir_okay=False), help="Policy pack (for the policy version).")
+    @click.argument("approval_id")
+    def command(db: str | None, api_key: str | None, reason: str, totp: str | None,
+                policy_path: str | None, approval_id: str) -> None:
+        _decide(db, api_key, op, approval_id, reason, totp, policy_path)
 
 
-@approvals.command("reject")
-@DB_OPTION
-@KEY_OPTION
-@click.option("--reason", default="", help="Why (recorded in the log).")
-@click.option("--totp", default=None, help="The TOTP code, when the request needs approver MFA.")
-@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
-              type=click.Path(dir_okay=False), help="Policy pack (for the policy version).")
-@click.argument("approval_id")
-def approvals_reject(db: str | None, api_key: str | None, reason: str, totp: str | None,
-                     policy_path: str | None, approval_id: str) -> None:
-    """Reject as the principal of --key; one rejection ends the request. Exit 1 when refused."""
-    _decide(db, api_key, "reject", approval_id, reason, totp, policy_path)
+_decision_command("approve", "Approve as the principal of --key. Exit 1 when refused (the "
+                             "reason is printed).")
+_decision_command("reject", "Reject as the principal of --key; one rejection ends the request. "
+                            "Exit 1 when refused.")
 
 
 @click.command("replay")

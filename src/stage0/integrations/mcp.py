@@ -34,7 +34,6 @@ from types import TracebackType
 from typing import Any, TextIO
 
 import anyio
-import httpx
 import yaml
 from mcp import types
 from mcp.client.session import ClientSession
@@ -46,8 +45,12 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stage0 import __version__
-from stage0.sdk.client import AsyncClient, CheckResult, StageZeroError
-from stage0.sdk.guard import ActionBlocked, ActionDeferred, ActionDenied, build_request
+from stage0.sdk.client import AsyncClient, CheckResult
+from stage0.sdk.guard import (
+    ActionBlocked,
+    build_request,
+    enforce_async,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,45 +214,12 @@ def check_request(config: GatewayConfig, route: Route,
 # -- the decision ----------------------------------------------------------------------------
 
 
-def _blocked(result: CheckResult, message: str | None = None) -> ActionBlocked:
-    if result.verdict == "DEFER":
-        return ActionDeferred(result, message)
-    return ActionDenied(result, message)
-
-
 async def authorize(client: AsyncClient, body: dict[str, Any],
                     wait_for_approval: float = 0.0) -> CheckResult:
     """Return the ALLOW result (its execution token verified and consumed) or raise
-    :class:`ActionDenied` / :class:`ActionDeferred`.
-
-    A DEFER whose approval is already granted (the same action was approved since it was first
-    asked) is checked again at once with ``context.approval_id``; with ``wait_for_approval``
-    a pending one is waited for first.
-    """
-    result = await client.check(body)
-    approval = result.approval
-    if result.verdict == "DEFER" and approval and isinstance(approval.get("approval_id"), str):
-        approval_id = str(approval["approval_id"])
-        status = approval.get("status")
-        if status == "pending" and wait_for_approval > 0:
-            try:
-                status = (await client.wait_for_approval(approval_id,
-                                                         timeout=wait_for_approval)).get("status")
-            except (StageZeroError, httpx.HTTPError) as exc:
-                raise ActionDeferred(result, f"DEFER: {exc}") from None
-        if status == "approved":
-            body = {**body, "context": {**body.get("context", {}), "approval_id": approval_id}}
-            result = await client.check(body)
-    if not result.allowed:
-        raise _blocked(result)
-    token, digest = result.execution_token, result.action_digest
-    if token:
-        try:
-            await client.verify_token(token, digest or "")
-            await client.consume_token(token, digest or "")
-        except (StageZeroError, httpx.HTTPError, ValueError) as exc:
-            raise ActionDenied(result, f"the execution token was refused: {exc}") from None
-    return result
+    :class:`ActionDenied` / :class:`ActionDeferred` — the SDK guard's rules
+    (:func:`stage0.sdk.guard.enforce_async`)."""
+    return await enforce_async(client, body, wait_for_approval or None)
 
 
 def blocked_result(exc: ActionBlocked, tool: str) -> types.CallToolResult:

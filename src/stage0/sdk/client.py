@@ -25,6 +25,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from stage0.contract import CODES, RequestValidationError
+from stage0.contract.tokens import ALGORITHM, token_kid
 from stage0.engine import Engine, InMemoryRunState
 from stage0.engine.digest import canonical_json
 from stage0.policy import CompiledPolicy, load_policy
@@ -200,7 +201,7 @@ class _Base:
     def _verify_with(self, keys: KeySet, token: str, action_digest: str,
                      now: float) -> dict[str, Any]:
         try:
-            claims = dict(jwt.decode(token, keys, algorithms=["Ed25519"]).claims)
+            claims = dict(jwt.decode(token, keys, algorithms=[ALGORITHM]).claims)
         except (JoseError, ValueError) as exc:
             raise TokenRejected(f"the execution token does not verify: {exc}") from None
         if claims.get("action_digest") != action_digest:
@@ -289,7 +290,7 @@ class Client(_Base):
 
     def verify_token(self, token: str, action_digest: str) -> dict[str, Any]:
         """Check an execution token offline against the cached JWKS; returns its claims."""
-        kid = _kid(token)
+        kid = token_kid(token)
         keys = self.jwks(refresh=kid is not None and kid not in self._jwks.kids)
         return self._verify_with(keys, token, action_digest, time.time())
 
@@ -401,7 +402,7 @@ class AsyncClient(_Base):
             delay = min(max_delay, delay * 2)
 
     async def verify_token(self, token: str, action_digest: str) -> dict[str, Any]:
-        kid = _kid(token)
+        kid = token_kid(token)
         if self._jwks.keys is None or (kid is not None and kid not in self._jwks.kids):
             try:
                 data = await self._send("GET", "/.well-known/jwks.json", "jwks", auth=False)
@@ -463,15 +464,3 @@ class LocalEngine:
             return CheckResult({**exc.to_dict(), "verdict": "DENY", "decision": "NO_GO",
                                 "request_id": request_id}, 422)
         return CheckResult(decision.body, 200)
-
-
-def _kid(token: str) -> str | None:
-    import base64  # noqa: PLC0415
-
-    try:
-        head = token.split(".", 1)[0]
-        header = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    kid = header.get("kid") if isinstance(header, dict) else None
-    return kid if isinstance(kid, str) else None

@@ -79,22 +79,32 @@ def _blocked(result: CheckResult) -> ActionBlocked:
     return ActionDeferred(result) if result.verdict == "DEFER" else ActionDenied(result)
 
 
+def _with_approval(body: dict[str, Any], approval_id: str) -> dict[str, Any]:
+    return {**body, "context": {**body.get("context", {}), "approval_id": approval_id}}
+
+
 def enforce(client: Client | LocalEngine, body: dict[str, Any],
             wait_for_approval: float | None = None) -> CheckResult:
-    """Check ``body``; return the ALLOW result (its token verified and consumed) or raise."""
+    """Check ``body``; return the ALLOW result (its token verified and consumed) or raise.
+
+    A DEFER whose approval request is already decided (granted since it was first asked) is
+    checked again at once with ``context.approval_id``; with ``wait_for_approval`` a pending
+    one is waited for first. Stage0 then says what the decision means (ALLOW, or DENY for a
+    rejection).
+    """
     result = client.check(body)
     approval = result.approval
-    if (result.verdict == "DEFER" and approval and wait_for_approval
-            and isinstance(client, Client)):
-        try:
-            decided = client.wait_for_approval(str(approval["approval_id"]),
-                                               timeout=wait_for_approval)
-        except StageZeroError as exc:
-            raise ActionDeferred(result, str(exc)) from None
-        if decided.get("status") != "pending":  # Stage0 says what the decision means now
-            body = {**body, "context": {**body.get("context", {}),
-                                        "approval_id": approval["approval_id"]}}
-            result = client.check(body)
+    if result.verdict == "DEFER" and approval:
+        approval_id = str(approval["approval_id"])
+        status = approval.get("status")
+        if status == "pending" and wait_for_approval and isinstance(client, Client):
+            try:
+                status = client.wait_for_approval(approval_id,
+                                                  timeout=wait_for_approval).get("status")
+            except StageZeroError as exc:
+                raise ActionDeferred(result, str(exc)) from None
+        if status != "pending":
+            result = client.check(_with_approval(body, approval_id))
     if not result.allowed:
         raise _blocked(result)
     token, digest = result.execution_token, result.action_digest
@@ -109,18 +119,20 @@ def enforce(client: Client | LocalEngine, body: dict[str, Any],
 
 async def enforce_async(client: AsyncClient, body: dict[str, Any],
                         wait_for_approval: float | None = None) -> CheckResult:
+    """:func:`enforce` for an :class:`AsyncClient`."""
     result = await client.check(body)
     approval = result.approval
-    if result.verdict == "DEFER" and approval and wait_for_approval:
-        try:
-            decided = await client.wait_for_approval(str(approval["approval_id"]),
-                                                     timeout=wait_for_approval)
-        except StageZeroError as exc:
-            raise ActionDeferred(result, str(exc)) from None
-        if decided.get("status") != "pending":
-            body = {**body, "context": {**body.get("context", {}),
-                                        "approval_id": approval["approval_id"]}}
-            result = await client.check(body)
+    if result.verdict == "DEFER" and approval:
+        approval_id = str(approval["approval_id"])
+        status = approval.get("status")
+        if status == "pending" and wait_for_approval:
+            try:
+                status = (await client.wait_for_approval(
+                    approval_id, timeout=wait_for_approval)).get("status")
+            except StageZeroError as exc:
+                raise ActionDeferred(result, str(exc)) from None
+        if status != "pending":
+            result = await client.check(_with_approval(body, approval_id))
     if not result.allowed:
         raise _blocked(result)
     token, digest = result.execution_token, result.action_digest

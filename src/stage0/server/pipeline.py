@@ -124,6 +124,15 @@ class Job:
     key: ApiKey | None = None
     parse_us: float = 0.0
 
+    @property
+    def input_sha256(self) -> str:
+        """SHA-256 of the body as received (computed once per job)."""
+        if self._input_sha256 is None:
+            self._input_sha256 = hashlib.sha256(self.raw).hexdigest()
+        return self._input_sha256
+
+    _input_sha256: str | None = None
+
 
 def error_body(status: int, detail: str, request_id: str, **extra: Any) -> dict[str, Any]:
     """The one error shape: ``{"detail", "request_id", ...}`` (CONTRACT section 8)."""
@@ -644,7 +653,7 @@ class Pipeline:
                 cur.execute(self._sql["by_request"], {"t": tenant, "r": rid})
                 previous = cur.fetchone()
             if previous is not None:
-                if previous[0] != hashlib.sha256(job.raw).hexdigest():
+                if previous[0] != job.input_sha256:
                     return Outcome(409, error_body(
                         409, f"Request id `{rid}` was already used with a different body", rid))
                 body = orjson.loads(previous[1])
@@ -689,7 +698,7 @@ class Pipeline:
         self.approvals.now_us = now_us
         decision = self.engine.evaluate(
             request, at=now, request_id=rid, tenant=tenant,
-            input_sha256=hashlib.sha256(job.raw).hexdigest(),
+            input_sha256=job.input_sha256,
         )
         eval_us = (time.perf_counter() - started) * 1e6
         body = decision.body
@@ -725,7 +734,7 @@ class Pipeline:
             "decision": body.get("decision", "NO_GO"),
             "policy_version": self.policy_version,
             "policy_sha256": self.policy.sha256 if self.policy is not None else "",
-            "input_sha256": hashlib.sha256(job.raw).hexdigest(),
+            "input_sha256": job.input_sha256,
             "action_digest": body.get("action_digest", ""),
             "environment": body.get("environment"),
             "tools": orjson.dumps(

@@ -9,7 +9,6 @@ old one, whose public half stays in the JWKS until every token it signed has exp
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OKPKey
 from sqlalchemy import select, update
 
+from stage0.contract.tokens import ALGORITHM, token_kid
 from stage0.store.database import Store
 from stage0.store.schema import signing_keys
 
-ALGORITHM = "Ed25519"
 RETIRED_KEPT_S = 600.0  # longer than the longest token (5 min) plus clock skew
 
 
@@ -140,7 +139,7 @@ class Keyring:
 
     def verify(self, token: str, now: float) -> dict[str, Any]:
         """The token's claims, if it is signed by a published key and unexpired."""
-        kid = _kid_of(token)
+        kid = token_kid(token)
         if kid not in self._keys:
             self._refresh(force=True)
         key = self._keys.get(kid or "")
@@ -156,13 +155,3 @@ class Keyring:
         if not isinstance(exp, int | float) or exp <= now:
             raise TokenError("the token has expired")
         return claims
-
-
-def _kid_of(token: str) -> str | None:
-    try:
-        head = token.split(".", 1)[0]
-        data = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    kid = data.get("kid") if isinstance(data, dict) else None
-    return kid if isinstance(kid, str) else None
