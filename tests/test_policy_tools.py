@@ -82,6 +82,10 @@ CASES: dict[str, tuple[str, str | None]] = {
     "PACK_LOOSENING_RULE": (_rule(effect="ALLOW"), "13:13"),
     "PACK_RULE_NOT_ENFORCED": (_rule(effect="NONE"), "13:13"),
     "PACK_INVALID": (BASE + "evaluation: {timeout_ms: .inf}\n", "1:1"),
+    "PACK_BAD_EXTENDS": ("extends: acme-base\nname: tiny\nversion: 1.0.0\n", "1:10"),
+    "PACK_LOOSENS_BASE": (
+        "extends: stage0-policy-pack\nname: tiny\nversion: 1.0.0\n"
+        "break_glass:\n  roles: [sre]\n", "5:10"),
 }
 
 

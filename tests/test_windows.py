@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from stage0.contract.request import parse_instant
+from stage0.engine.approvals import ApprovalEvidence
 from stage0.policy import compile_text
 from stage0.policy.loader import default_pack_text
+from stage0.testing import StaticApprovals, make_engine
 from tests.helpers import decide, request
 
 BH = ["allowed_change_window: business_hours"]
@@ -134,3 +137,51 @@ def test_a_freeze_denies_covered_actions_and_nothing_else() -> None:
     assert during.body["guardrail_checks"]["freeze"]["until"] == "2027-01-04T00:00:00Z"
     assert decide(payout, at="2027-01-04T00:00:00Z", policy=policy).verdict == "ALLOW"
     assert decide(request(), at="2026-12-22T10:00:00Z", policy=policy).verdict == "ALLOW"
+
+
+def _glass(body: dict[str, object], at: str, kind: str = "break_glass") -> StaticApprovals:
+    """A resolver holding one approved approval of ``kind`` for the action of ``body``."""
+    digest = decide(body, at=at).body["action_digest"]
+    approvals = StaticApprovals()
+    approvals.add(ApprovalEvidence(
+        "brk_1", "approved", digest, expires_at=parse_instant("2030-01-01T00:00:00Z"),
+        approvers=("irene",), kind=kind,  # type: ignore[arg-type]
+        reason="SEV1: checkout is down"))
+    return approvals
+
+
+def test_break_glass_lifts_the_window_and_says_so() -> None:
+    saturday = "2026-03-21T10:00:00Z"
+    body = request(constraints=BH, context={"approval_id": "brk_1"})
+    lifted = decide(body, at=saturday, approvals=_glass(body, saturday))
+    assert lifted.verdict == "ALLOW", lifted.issue_codes
+    assert "BREAK_GLASS_USED" in lifted.issue_codes
+    assert lifted.body["guardrail_checks"]["change_window"]["satisfied"] is True
+    assert lifted.body["guardrail_checks"]["break_glass"]["declared_by"] == ["irene"]
+    standard = decide(body, at=saturday, approvals=_glass(body, saturday, kind="standard"))
+    assert "OUTSIDE_CHANGE_WINDOW" in standard.issue_codes  # only break-glass lifts a window
+
+
+def test_break_glass_never_lifts_a_deny_rule() -> None:
+    text = default_pack_text().replace(
+        "change_windows:\n",
+        "freezes:\n  - name: q-close\n    start: 2026-03-01T00:00:00Z\n"
+        "    end: 2026-04-01T00:00:00Z\nchange_windows:\n",
+    ) + (
+        "rules:\n  - id: NO_INTERN_DEPLOYS\n    when: \"context.actor_role == 'intern'\"\n"
+        "    message: interns may not deploy\n    remediation: ask the on-call engineer\n"
+    )
+    policy = compile_text(text)
+    at = "2026-03-17T10:00:00Z"
+    body = request(tools=["deploy.production"], side_effects=["write"],
+                   constraints=["rollback_plan_required: true"],
+                   context={"approval_id": "brk_1", "environment": "production",
+                            "rollback_plan": True, "actor_role": "sre"})
+    glass = _glass(body, at)
+    ok = make_engine(at, policy=policy, approvals=glass).check(body)
+    assert "CHANGE_FREEZE" not in ok.issue_codes
+    assert ok.body["guardrail_checks"]["break_glass"]["lifted"] == ["CHANGE_FREEZE"]
+    intern = {**body, "context": {**body["context"], "actor_role": "intern"}}  # same digest
+    denied = make_engine(at, policy=policy, approvals=glass).check(intern)
+    assert denied.verdict == "DENY"
+    assert "NO_INTERN_DEPLOYS" in denied.issue_codes

@@ -225,7 +225,7 @@ def keys_rotate_signing(db: str | None) -> None:
 
 @click.group()
 def approvals() -> None:
-    """List, show, approve and reject approval requests."""
+    """List, show, approve and reject approval requests; declare break-glass."""
 
 
 KEY_OPTION = click.option(
@@ -247,18 +247,20 @@ def _tenant_of(store: Store, api_key: str | None, tenant: str | None) -> str:
 @DB_OPTION
 @KEY_OPTION
 @click.option("--tenant", default=None, help="Tenant (default: the key's, else `default`).")
-@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "expired"]),
-              default=None)
+@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "expired",
+                                             "used"]), default=None)
+@click.option("--kind", type=click.Choice(["standard", "break_glass"]), default=None,
+              help="Only requests of this kind.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 def approvals_list(db: str | None, api_key: str | None, tenant: str | None, status: str | None,
-                   fmt: str) -> None:
+                   kind: str | None, fmt: str) -> None:
     """List approval requests, newest first."""
     import time  # noqa: PLC0415
 
     with _store(db) as store:
         items = list_approvals(store, _tenant_of(store, api_key, tenant), status,
-                               int(time.time() * 1e6))
+                               int(time.time() * 1e6), kind=kind)
     if fmt == "json":
         click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2))
         return
@@ -288,8 +290,8 @@ def approvals_show(db: str | None, api_key: str | None, tenant: str | None,
     click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2))
 
 
-def _decide(db: str | None, api_key: str | None, op: str, approval_id: str, reason: str,
-            totp: str | None, policy_path: str | None) -> None:
+def _decide(db: str | None, api_key: str | None, op: str, payload: dict[str, Any],
+            policy_path: str | None) -> None:
     import uuid  # noqa: PLC0415
 
     from stage0.engine import system_clock  # noqa: PLC0415
@@ -305,7 +307,6 @@ def _decide(db: str | None, api_key: str | None, op: str, approval_id: str, reas
     with _store(db) as store:
         pipeline = Pipeline(store, policy, clock=system_clock)
         try:
-            payload = {"approval_id": approval_id, "reason": reason, "totp": totp}
             outcome = pipeline.submit(Job(
                 secret=api_key, raw=orjson.dumps(payload), request=None, invalid=None,
                 request_id=str(uuid.uuid4()), client_request_id=False,
@@ -332,13 +333,34 @@ def _decision_command(op: str, doc: str) -> None:
     @click.argument("approval_id")
     def command(db: str | None, api_key: str | None, reason: str, totp: str | None,
                 policy_path: str | None, approval_id: str) -> None:
-        _decide(db, api_key, op, approval_id, reason, totp, policy_path)
+        _decide(db, api_key, op, {"approval_id": approval_id, "reason": reason, "totp": totp},
+                policy_path)
 
 
 _decision_command("approve", "Approve as the principal of --key. Exit 1 when refused (the "
                              "reason is printed).")
 _decision_command("reject", "Reject as the principal of --key; one rejection ends the request. "
                             "Exit 1 when refused.")
+
+
+@approvals.command("break-glass")
+@DB_OPTION
+@KEY_OPTION
+@click.option("--reason", required=True,
+              help="Why it cannot wait: the incident and its ticket (recorded; required).")
+@click.option("--totp", default=None, help="The TOTP code, when the pack's break_glass.mfa is on.")
+@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
+              type=click.Path(dir_okay=False),
+              help="The pack the server runs (its break_glass settings apply).")
+@click.argument("request_id")
+def approvals_break_glass(db: str | None, api_key: str | None, reason: str, totp: str | None,
+                          policy_path: str | None, request_id: str) -> None:
+    """Declare a break-glass approval for decision REQUEST_ID, which a closed change window or a
+    freeze held back, as the principal of --key (a role the pack names). The agent retries with
+    the printed approval id in `context.approval_id`; it lets that exact action through once,
+    never through a DENY rule. Exit 1 when refused."""
+    _decide(db, api_key, "break_glass",
+            {"request_id": request_id, "reason": reason, "totp": totp}, policy_path)
 
 
 @click.command("replay")
@@ -512,3 +534,45 @@ def audit_export(db: str | None, tenant: str | None, since: str | None, until: s
         finally:
             if out is not sys.stdout.buffer:
                 out.close()
+
+
+@audit.command("break-glass")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
+@click.option("--since", default=None, help="ISO-8601: declarations at or after.")
+@click.option("--until", default=None, help="ISO-8601: declarations before.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def audit_break_glass(db: str | None, tenant: str | None, since: str | None,
+                      until: str | None, fmt: str) -> None:
+    """List break-glass declarations for post-incident review: who, when, why, what it let
+    through, and the decision that used it."""
+    import time  # noqa: PLC0415
+
+    from stage0.store.approvals import break_glass_report  # noqa: PLC0415
+
+    since_at, until_at = _instant(since, "--since"), _instant(until, "--until")
+    with _store(db) as store:
+        items = break_glass_report(
+            store, tenant, int(time.time() * 1e6),
+            since_us=int(since_at.timestamp() * 1e6) if since_at else None,
+            until_us=int(until_at.timestamp() * 1e6) if until_at else None)
+    if fmt == "json":
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+        return
+    if not items:
+        click.echo("no break-glass declarations")
+        return
+    for b in items:
+        used = b["used_by"]
+        outcome = (f"used by {used['request_id']} ({used.get('verdict', '?')})" if used
+                   else f"{b['status']} (usable until {b['usable_until']})")
+        held = b["declared_for"] or {}
+        click.echo(f"{b['declared_at']}  {b['approval_id']}  {b['tenant_id']}  "
+                   f"by {b['declared_by']}{' (MFA)' if b['mfa'] else ''}")
+        click.echo(f"  action: {', '.join(b['action'].get('tools') or []) or '-'} "
+                   f"[{', '.join(b['buckets']) or '-'}] in {b['environment'] or '-'}")
+        click.echo(f"  held by: {', '.join(held.get('issues') or []) or '-'} "
+                   f"(decision {held.get('request_id')})")
+        click.echo(f"  reason: {b['reason']}")
+        click.echo(f"  outcome: {outcome}")

@@ -135,7 +135,8 @@ _ALL = [
     _spec(
         "CHANGE_FREEZE", V,
         "A change freeze is in force for this kind of action",
-        "Wait until the freeze ends, or use an emergency process outside the agent",
+        "Wait until the freeze ends; in an emergency, a break-glass approval lets one action "
+        "through",
     ),
     _spec(
         "CONSTRAINT_INVALID", V,
@@ -176,7 +177,8 @@ _ALL = [
     _spec(
         "OUTSIDE_CHANGE_WINDOW", E,
         "The evaluation time is outside the allowed change window",
-        "Retry inside the change window, or request an emergency change through policy",
+        "Retry inside the change window; in an emergency, a break-glass approval lets one "
+        "action through",
         "Can this action wait until the change window opens?",
     ),
     _spec(
@@ -273,6 +275,11 @@ _ALL = [
         "POLICY_VERSION_UNKNOWN", V,
         "The pinned `policy_pack_version` is not available",
         "Pin a policy version this server has, or drop `policy_pack_version`",
+    ),
+    CodeSpec(
+        "BREAK_GLASS_USED", INFO, "HIGH", "NONE", "NONE",
+        "A break-glass approval let this action through a closed change window or a freeze",
+        "Review the declaration after the incident (`stage0 audit break-glass`)",
     ),
     _spec(
         "REQUEST_INVALID", V,

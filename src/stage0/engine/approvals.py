@@ -22,6 +22,9 @@ class ApprovalEvidence:
     expires_at: datetime | None = None
     execute_by: datetime | None = None
     approvers: tuple[str, ...] = ()
+    kind: Literal["standard", "break_glass"] = "standard"
+    reason: str | None = None
+    """For a break-glass approval, the declarer's reason."""
 
 
 class ApprovalResolver(Protocol):
@@ -65,6 +68,12 @@ def check_approval(
         )
         return
     if not required:
+        if approval_id is not None and resolver is not None:
+            # No approval needed, but a break-glass declaration may be lifting a window or a
+            # freeze: it must hold for this exact action, like any approval.
+            evidence = resolver.resolve(tenant, approval_id)
+            if evidence is not None and evidence.kind == "break_glass":
+                _check_server_approval(out, check, approval_id, at, tenant, digest, resolver)
         return
     if approval_id is not None:
         _check_server_approval(out, check, approval_id, at, tenant, digest, resolver)
@@ -145,3 +154,21 @@ def _check_server_approval(
     check["satisfied"] = True
     check["verified"] = True
     check["approvers"] = list(evidence.approvers)
+    if evidence.kind == "break_glass":
+        check["kind"] = "break_glass"
+        out.break_glass = evidence
+
+
+def report_break_glass(out: Findings) -> None:
+    """After every check: say loudly that a break-glass approval was used, and what it lifted."""
+    evidence = out.break_glass
+    if evidence is None:
+        return
+    lifted = ", ".join(out.lifted) or "nothing (no window or freeze applied)"
+    who = ", ".join(evidence.approvers) or "an approver"
+    out.add("BREAK_GLASS_USED",
+            f"Break-glass approval `{evidence.approval_id}` declared by {who} lifted {lifted}; "
+            f"reason: {evidence.reason or '(none)'}")
+    out.checks["break_glass"] = {"approval_id": evidence.approval_id,
+                                 "declared_by": list(evidence.approvers),
+                                 "reason": evidence.reason, "lifted": list(out.lifted)}

@@ -163,6 +163,10 @@ def check_change_windows(out: Findings, f: Facts, g: Guardrails, policy: Compile
             continue
         opening = window.next_open(f.at)
         opens = _iso(opening)
+        if out.lift("OUTSIDE_CHANGE_WINDOW"):
+            results.append({"name": name, "open": False, "schedule": window.describe(),
+                            "next_open": opens, "lifted_by": out.break_glass.approval_id})
+            continue
         out.add(
             "OUTSIDE_CHANGE_WINDOW",
             f"{_iso(f.at)} is outside change window `{name}` ({window.describe()}); "
@@ -175,7 +179,7 @@ def check_change_windows(out: Findings, f: Facts, g: Guardrails, policy: Compile
         )
     out.checks["change_window"] = {
         "required": True,
-        "satisfied": all(r["open"] for r in results),
+        "satisfied": all(r["open"] or "lifted_by" in r for r in results),
         "windows": results,
     }
 
@@ -188,6 +192,11 @@ def check_freezes(out: Findings, f: Facts, policy: CompiledPolicy) -> None:
             continue
         covered = (set(freeze.buckets) & set(f.buckets)) if freeze.buckets else bool(
             f.write_effects)
+        if covered and out.lift("CHANGE_FREEZE"):
+            out.checks["freeze"] = {"name": freeze.name, "until": _iso(freeze.end),
+                                    "reason": freeze.reason,
+                                    "lifted_by": out.break_glass.approval_id}
+            return
         if covered:
             out.add(
                 "CHANGE_FREEZE",

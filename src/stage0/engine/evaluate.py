@@ -19,7 +19,7 @@ from stage0.contract.codes import CODES, CodeSpec
 from stage0.contract.issues import Issue
 from stage0.contract.request import CheckRequest, parse_request
 from stage0.engine import checks
-from stage0.engine.approvals import ApprovalResolver, check_approval
+from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
 from stage0.engine.combine import combine
 from stage0.engine.constraints import ConstraintParser
 from stage0.engine.digest import action_digest, canonical_json, sha256_hex
@@ -247,6 +247,7 @@ class Engine:
         checks.check_task_clarity(out, f, self._goal_problems(request.goal, policy))
         if policy.rules:
             _custom_rules(out, f, policy, constraints)  # indexed by tool and bucket
+        report_break_glass(out)
 
         return _respond(
             out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate

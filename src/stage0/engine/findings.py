@@ -11,7 +11,8 @@ _RANK = {"NONE": 0, "DEFER": 1, "DENY": 2}
 
 
 class Findings:
-    __slots__ = ("checks", "clarifying", "issues", "pro", "shadow", "specs", "value_findings")
+    __slots__ = ("break_glass", "checks", "clarifying", "issues", "lifted", "pro", "shadow",
+                 "specs", "value_findings")
 
     def __init__(self, pro: bool) -> None:
         self.pro = pro
@@ -22,6 +23,18 @@ class Findings:
         self.value_findings: list[str] = []
         self.shadow: list[dict[str, str]] = []
         """Issues of shadow rules: reported, never part of the verdict."""
+        self.break_glass: Any = None
+        """The break-glass approval (``ApprovalEvidence``) this request uses, if any."""
+        self.lifted: list[str] = []
+        """Codes a break-glass approval kept out of the issues (window, freeze)."""
+
+    def lift(self, code: str) -> bool:
+        """Whether a break-glass approval lifts ``code`` here (and note that it did)."""
+        if self.break_glass is None:
+            return False
+        if code not in self.lifted:
+            self.lifted.append(code)
+        return True
 
     def add(self, code: str, message: str | None = None) -> None:
         self.add_spec(CODES[code], message)

@@ -41,6 +41,19 @@ class ApprovalRule:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakGlassRule:
+    """Who may declare a break-glass approval, and for how long it holds (once)."""
+
+    roles: frozenset[str]
+    mfa: bool
+    min_reason_length: int
+    expires_in: float
+
+    LIFTS = ("OUTSIDE_CHANGE_WINDOW", "CHANGE_FREEZE")
+    """The only issues a break-glass approval lifts; never a DENY rule."""
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledBucket:
     name: str
     description: str
@@ -84,6 +97,8 @@ class CompiledPolicy:
     default_approvals: ApprovalRule
     token_ttl: float
     token_issuer: str
+    break_glass: BreakGlassRule | None = None
+    """``None`` when the pack turns break-glass off."""
     _tool_cache: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     _effect_buckets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _bucket_index: Mapping[str, CompiledBucket] = field(default_factory=dict)

@@ -5,7 +5,7 @@ patterns, verbs, aliases, roles, days…) are united, custom rules are appended,
 child sets replace the base's. Then the result is compared with the base, and anything that
 would loosen it is refused — a bucket that no longer needs approval, a smaller quorum, approver
 MFA switched off, caller-written approval accepted again, a weaker rollback or environment
-requirement, a longer approval age, a removed bucket or window.
+requirement, a longer approval age, a removed bucket or window, a wider or longer break-glass.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ def loosenings(base: dict[str, Any], merged: dict[str, Any]) -> list[str]:
         problems.append("approvals.quorum: cannot shrink")
     if b.approvals.approver_mfa and not m.approvals.approver_mfa:
         problems.append("approvals.approver_mfa: cannot be switched off")
+    bg, mg = b.break_glass, m.break_glass
+    if mg.enabled and not bg.enabled:
+        problems.append("break_glass.enabled: cannot be switched on")
+    elif mg.enabled:
+        if {r.lower() for r in mg.roles} - {r.lower() for r in bg.roles}:
+            problems.append("break_glass.roles: cannot grow (name the base's roles or fewer)")
+        if bg.mfa and not mg.mfa:
+            problems.append("break_glass.mfa: cannot be switched off")
+        if mg.min_reason_length < bg.min_reason_length:
+            problems.append("break_glass.min_reason_length: cannot shrink")
+        if parse_duration(mg.expires_in) > parse_duration(bg.expires_in):
+            problems.append("break_glass.expires_in: cannot grow")
     for name, bucket in b.buckets.items():
         if name not in m.buckets:
             problems.append(f"buckets.{name}: cannot be removed")

@@ -19,6 +19,7 @@ from stage0.contract.constraints import CONSTRAINT_KEYS
 from stage0.policy.cel import CelRuleError, compile_rule
 from stage0.policy.compiled import (
     ApprovalRule,
+    BreakGlassRule,
     CompiledBucket,
     CompiledPolicy,
     RuleIndex,
@@ -196,6 +197,12 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         freezes=tuple(doc.freezes),
         token_ttl=parse_duration(doc.execution_tokens.ttl),
         token_issuer=doc.execution_tokens.issuer,
+        break_glass=BreakGlassRule(
+            roles=frozenset(normalize_name(r) for r in doc.break_glass.roles if r.strip()),
+            mfa=doc.break_glass.mfa,
+            min_reason_length=doc.break_glass.min_reason_length,
+            expires_in=parse_duration(doc.break_glass.expires_in),
+        ) if doc.break_glass.enabled else None,
         _effect_buckets=index_effect_buckets(buckets),
         _bucket_index=MappingProxyType({b.name: b for b in buckets}),
         _rule_index=RuleIndex(tuple(rules)),

@@ -6,7 +6,14 @@ import re
 from datetime import UTC, date, datetime
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from stage0.contract.issues import EffectName, SeverityName
 
@@ -186,6 +193,35 @@ class CustomRule(_Strict):
         return v
 
 
+class BreakGlass(_Strict):
+    """Emergency approvals that let one action through a closed change window or a freeze."""
+
+    enabled: bool = True
+    roles: list[str] = Field(
+        default=["incident-commander"],
+        description="Roles one of which a declarer must hold; never empty while enabled")
+    mfa: bool = Field(default=False, description="The declarer must send a valid TOTP code")
+    min_reason_length: int = Field(default=20, ge=1, le=2000)
+    expires_in: Duration = Field(
+        default="1h", description="The declaration must be used (once) within this time")
+
+    @field_validator("expires_in")
+    @classmethod
+    def _duration(cls, v: Duration) -> Duration:
+        seconds = parse_duration(v)
+        if not 0 < seconds <= 86400:
+            raise ValueError("must be a positive duration of at most 24h")
+        return v
+
+    @model_validator(mode="after")
+    def _restricted(self) -> BreakGlass:
+        if self.enabled and not [r for r in self.roles if r.strip()]:
+            raise ValueError("`roles` must name at least one role while break-glass is enabled "
+                             "(break-glass is role-restricted); set `enabled: false` to turn it "
+                             "off")
+        return self
+
+
 class ExecutionTokens(_Strict):
     ttl: Duration = "5m"
     issuer: str = "stage0"
@@ -214,6 +250,7 @@ class PackDocument(_Strict):
     approval: ApprovalSettings = ApprovalSettings()
     approvals: ApprovalRules = ApprovalRules()
     execution_tokens: ExecutionTokens = ExecutionTokens()
+    break_glass: BreakGlass = BreakGlass()
     mfa: MfaSettings = MfaSettings()
     change_windows: dict[str, ChangeWindow] = {}
     freezes: list[Freeze] = []

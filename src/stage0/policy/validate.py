@@ -66,6 +66,8 @@ PROBLEM_CODES: dict[str, tuple[Severity, str]] = {
     "PACK_OVERLAPPING_WINDOWS": ("warning", "two windows are open at the same time"),
     "PACK_LOOSENING_RULE": ("error", "a rule that reads as loosening: ALLOW, weaker pro_effect"),
     "PACK_RULE_NOT_ENFORCED": ("warning", "a HIGH or blocking-named rule whose effect is NONE"),
+    "PACK_BAD_EXTENDS": ("error", "`extends:` names a pack other than the built-in one"),
+    "PACK_LOOSENS_BASE": ("error", "an extending pack would loosen its base"),
     "PACK_INVALID": ("error", "any other problem the loader reports"),
 }
 
@@ -214,8 +216,14 @@ class _Validator:
         raw = self._parse(text)
         if raw is None:
             return self.report
-        self.raw = raw
         self._duplicate_keys(self.root)
+        if "extends" in raw:
+            extended = self._extends(raw)
+            if extended is None:
+                self.report.problems.sort(key=lambda p: (p.line, p.column, p.code))
+                return self.report
+            raw = extended
+        self.raw = raw
         doc = self._schema(raw)
         self._timezones(raw)
         self._aliases(raw)
@@ -243,6 +251,25 @@ class _Validator:
                      hint="a pack is a mapping that starts with `apiVersion: stage0/v1`")
             return None
         return data
+
+    def _extends(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """The pack merged over the built-in one (each loosening reported), or ``None``."""
+        from stage0.policy.extends import BUILTIN, resolve  # noqa: PLC0415
+        from stage0.policy.loader import default_pack_text  # noqa: PLC0415
+
+        if raw["extends"] != BUILTIN:
+            self.add("PACK_BAD_EXTENDS",
+                     f"`extends: {raw['extends']}`: only the built-in pack can be extended",
+                     ("extends",), hint=f"use `extends: {BUILTIN}`, or write a whole pack")
+            return None
+        merged, problems = resolve(raw, default_pack_text())
+        for text in problems:
+            path, _, message = text.removeprefix("extends: ").partition(": ")
+            loc: Loc = tuple(int(p) if p.isdigit() else p for p in path.split("."))
+            self.add("PACK_LOOSENS_BASE", f"{path}: {message} (the base pack is `{BUILTIN}`)",
+                     loc, hint="an extending pack may only tighten its base")
+        merged.pop("extends", None)
+        return dict(merged)
 
     def _duplicate_keys(self, node: yaml.Node | None, loc: Loc = ()) -> None:
         if isinstance(node, yaml.MappingNode):

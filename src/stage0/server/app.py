@@ -67,6 +67,17 @@ class RejectBody(ApproveBody):
     pass
 
 
+class BreakGlassBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: Annotated[str, Field(min_length=1, max_length=100, description=(
+        "The logged `/check` decision that a closed change window or a freeze held back"))]
+    reason: Annotated[str, Field(max_length=2000, description=(
+        "Why it cannot wait: the incident, the ticket (required; the pack sets the minimum "
+        "length)"))]
+    totp: Annotated[str | None, Field(max_length=12, description="RFC 6238 code, when the "
+                                      "pack's `break_glass.mfa` is on")] = None
+
+
 class ConsumeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: Annotated[str, Field(min_length=1, max_length=8000)]
@@ -372,14 +383,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/approvals", summary="Approval requests of the key's tenant, newest first")
     async def list_approval_requests(
         request: Request,
-        status: Annotated[str | None, Query(pattern="^(pending|approved|rejected|expired)$")]
-        = None,
+        status: Annotated[str | None,
+                          Query(pattern="^(pending|approved|rejected|expired|used)$")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        kind: Annotated[str | None, Query(pattern="^(standard|break_glass)$")] = None,
     ) -> dict[str, Any]:
         key = await authenticate_any(request, ("approve", "audit:read"))
         items = await run_in_threadpool(
-            approvals_store.list_approvals, state["store"], key.tenant_id, status, _now_us(),
-            limit)
+            lambda: approvals_store.list_approvals(
+                state["store"], key.tenant_id, status, _now_us(), limit, kind=kind))
         return {"items": items}
 
     @app.get("/v1/approvals/{approval_id}", summary="One approval request with its votes")
@@ -408,6 +420,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def reject(request: Request, approval_id: str, body: RejectBody) -> Response:
         return await through_pipeline(request, "reject", {
             "approval_id": approval_id, "reason": body.reason, "totp": body.totp})
+
+    @app.post("/v1/break-glass",
+              summary="Declare a break-glass approval for a decision held by a window or freeze")
+    async def break_glass(request: Request, body: BreakGlassBody) -> Response:
+        return await through_pipeline(request, "break_glass", {
+            "request_id": body.request_id, "reason": body.reason, "totp": body.totp})
 
     @app.get("/.well-known/jwks.json", summary="Public keys of execution tokens (JWKS)")
     async def jwks() -> dict[str, Any]:

@@ -28,10 +28,10 @@ from typing import Any
 
 import orjson
 
-from stage0.contract import CODES, CheckRequest, RequestValidationError
+from stage0.contract import CODES, CheckRequest, RequestValidationError, parse_request
 from stage0.engine import Engine
 from stage0.policy import CompiledPolicy, normalize_name
-from stage0.policy.compiled import ApprovalRule
+from stage0.policy.compiled import ApprovalRule, BreakGlassRule
 from stage0.server import metrics
 from stage0.store import ledger, webhooks
 from stage0.store.approvals import ApprovalStore
@@ -118,7 +118,7 @@ class Job:
     client_request_id: bool
     started: float
     op: str = "check"
-    """``check``, ``approve``, ``reject`` or ``consume``."""
+    """``check``, ``approve``, ``reject``, ``break_glass`` or ``consume``."""
     payload: dict[str, Any] = field(default_factory=dict)
     future: Future[Outcome] = field(default_factory=Future)
     key: ApiKey | None = None
@@ -180,6 +180,10 @@ class Pipeline:
                    "totp_last_step = :s WHERE id = :k",
             "mfa_read": "SELECT mfa_failures, mfa_locked_until_us, totp_last_step FROM api_keys "
                         "WHERE id = :k",
+            "decision": "SELECT action_digest, key_id, request, response, environment, buckets "
+                        "FROM decisions WHERE tenant_id = :t AND request_id = :r "
+                        "AND kind = 'decision'",
+            "principal": "SELECT principal FROM api_keys WHERE id = :k",
             "token_use": "INSERT INTO token_uses (tenant_id, jti, key_id, consumed_us) "
                          "VALUES (:t, :j, :k, :c)"}.items()}
         self._thread = threading.Thread(target=self._run, name="stage0-writer", daemon=True)
@@ -413,6 +417,7 @@ class Pipeline:
             "buckets": list(body["buckets"]),
             "approval_id": approval.get("approval_id") if approval.get("verified") else None,
             "approval_verified": bool(approval.get("verified")),
+            "break_glass": approval.get("kind") == "break_glass",
             "environment": body.get("environment"),
             "iat": iat,
             "exp": iat + int(ttl),
@@ -429,6 +434,8 @@ class Pipeline:
                 self.store, self.approvals.cursor, key.tenant_id)
         if job.op == "consume":
             return self._consume(job, key, state, chain, now)
+        if job.op == "break_glass":
+            return self._break_glass(job, key, state, chain, now)
         return self._decide(job, key, state, chain, now)
 
     def _decide(self, job: Job, key: ApiKey, state: _Batch, chain: ledger.ChainCursor,
@@ -478,24 +485,9 @@ class Pipeline:
                           f"`{principal}` has already decided on this request")
         mfa = False
         if row["requires_mfa"]:
-            if key.totp_secret is None:
-                return refuse(403, "APPROVER_MFA_NOT_ENROLLED",
-                              "This request needs approver MFA and the key has no TOTP enrolled")
-            real_us = int(time.time() * 1e6)  # TOTP runs on real time, even with --frozen-time
-            key = self._mfa_state(key)
-            if key.mfa_locked_until_us is not None and key.mfa_locked_until_us > real_us:
-                wait = max(1, (key.mfa_locked_until_us - real_us) // 1_000_000)
-                return refuse(429, "APPROVER_MFA_LOCKED",
-                              "Too many wrong TOTP codes; approving is locked for this key",
-                              retry_after_seconds=int(wait))
-            if not p.get("totp"):
-                return refuse(401, "APPROVER_MFA_REQUIRED", "This request needs a TOTP code")
-            step = key.totp_step(str(p["totp"]), real_us / 1e6)
-            if step is None or (key.totp_last_step is not None and step <= key.totp_last_step):
-                self._mfa_failed(key, real_us)
-                return refuse(403, "APPROVER_MFA_INVALID",
-                              "The TOTP code is not valid (or was already used)")
-            self._mfa_passed(key, step)
+            refused = self._approver_mfa(key, p, refuse)
+            if refused is not None:
+                return refused
             mfa = True
         decision = "approve" if job.op == "approve" else "reject"
         self.approvals.record_vote(approval, key_id=key.id, principal=principal,
@@ -511,6 +503,121 @@ class Pipeline:
                 row["required_approvals"]):
             self.approvals.set_status(approval, "approved", now_us)
             self._log_event(state, chain, key, now, "approval.approved", approval, {})
+        return Outcome(200, approval.view(now_us))
+
+    def _approver_mfa(self, key: ApiKey, p: dict[str, Any],
+                      refuse: Callable[..., Outcome]) -> Outcome | None:
+        """Check the TOTP code in ``p`` for ``key`` (replay-protected, locked out after repeated
+        failures); ``None`` when it passes, else the refusal."""
+        if key.totp_secret is None:
+            return refuse(403, "APPROVER_MFA_NOT_ENROLLED",
+                          "This request needs approver MFA and the key has no TOTP enrolled")
+        real_us = int(time.time() * 1e6)  # TOTP runs on real time, even with --frozen-time
+        key = self._mfa_state(key)
+        if key.mfa_locked_until_us is not None and key.mfa_locked_until_us > real_us:
+            wait = max(1, (key.mfa_locked_until_us - real_us) // 1_000_000)
+            return refuse(429, "APPROVER_MFA_LOCKED",
+                          "Too many wrong TOTP codes; approving is locked for this key",
+                          retry_after_seconds=int(wait))
+        if not p.get("totp"):
+            return refuse(401, "APPROVER_MFA_REQUIRED", "This request needs a TOTP code")
+        step = key.totp_step(str(p["totp"]), real_us / 1e6)
+        if step is None or (key.totp_last_step is not None and step <= key.totp_last_step):
+            self._mfa_failed(key, real_us)
+            return refuse(403, "APPROVER_MFA_INVALID",
+                          "The TOTP code is not valid (or was already used)")
+        self._mfa_passed(key, step)
+        return None
+
+    def _break_glass(self, job: Job, key: ApiKey, state: _Batch, chain: ledger.ChainCursor,
+                     now: datetime) -> Outcome:
+        """Declare a break-glass approval for the action of a logged decision that a closed
+        change window or a freeze held back: approved at once by its declarer, usable once."""
+        rid, p = job.request_id, job.payload
+        now_us = int(now.timestamp() * 1e6)
+        target = str(p.get("request_id") or "")
+
+        def refuse(status: int, code: str, detail: str, **extra: Any) -> Outcome:
+            metrics.REFUSED.labels(status=str(status)).inc()
+            self._log_event(state, chain, key, now, "break_glass.refused", None,
+                            {"request_id": target, "code": code})
+            return Outcome(status, error_body(status, detail, rid, code=code, **extra),
+                           {"retry-after": str(extra["retry_after_seconds"])}
+                           if "retry_after_seconds" in extra else {})
+
+        if "approve" not in key.scopes and "admin" not in key.scopes:
+            return refuse(403, "APPROVER_SCOPE_MISSING",
+                          "This key lacks the `approve` scope; agent keys cannot break glass")
+        rule = self.policy.break_glass if self.policy is not None else None
+        if rule is None:
+            return refuse(403, "BREAK_GLASS_DISABLED",
+                          f"Break-glass is turned off in policy `{self.policy_version}`")
+        reason = str(p.get("reason") or "").strip()
+        if len(reason) < rule.min_reason_length:
+            return refuse(422, "BREAK_GLASS_REASON_REQUIRED",
+                          f"A break-glass declaration needs a reason of at least "
+                          f"{rule.min_reason_length} characters (the incident, why it cannot "
+                          f"wait); got {len(reason)}")
+        if not rule.roles & {normalize_name(r) for r in key.roles}:
+            return refuse(403, "BREAK_GLASS_ROLE_NOT_ELIGIBLE",
+                          "Breaking glass needs one of the roles " + ", ".join(sorted(rule.roles)))
+        cur = self.approvals.cursor
+        cur.execute(self._sql["decision"], {"t": key.tenant_id, "r": target})
+        found = cur.fetchone()
+        if found is None:
+            return refuse(404, "DECISION_NOT_FOUND",
+                          f"No `/check` decision `{target}` in this tenant")
+        digest, requester_key, logged_request, logged_response, environment, buckets = found
+        issues = orjson.loads(logged_response).get("issues", [])
+        codes = [str(i.get("code")) for i in issues]
+        lifts = [c for c in codes if c in BreakGlassRule.LIFTS]
+        if not lifts:
+            return refuse(409, "BREAK_GLASS_NOT_APPLICABLE",
+                          f"Decision `{target}` was not held back by a change window or a freeze "
+                          f"(its issues: {', '.join(codes) or 'none'}); break-glass lifts only "
+                          "OUTSIDE_CHANGE_WINDOW and CHANGE_FREEZE")
+        denied = [str(i.get("code")) for i in issues
+                  if i.get("effect") == "DENY" and i.get("code") not in BreakGlassRule.LIFTS]
+        if denied:
+            return refuse(409, "BREAK_GLASS_NOT_APPLICABLE",
+                          f"Decision `{target}` is also denied by {', '.join(denied)}; "
+                          "break-glass never lifts a DENY rule")
+        try:
+            request_obj = orjson.loads(logged_request)
+            summary = _action_summary(parse_request(request_obj), {"environment": environment})
+        except (RequestValidationError, orjson.JSONDecodeError, TypeError):
+            request_obj, summary = {}, {"environment": environment}
+        ctx = request_obj.get("context") if isinstance(request_obj, dict) else None
+        actor = ctx.get("actor_id") if isinstance(ctx, dict) else None
+        cur.execute(self._sql["principal"], {"k": requester_key})
+        requester = cur.fetchone()
+        requester_principal = requester[0] if requester is not None else None
+        me = normalize_principal(key.principal or key.id)
+        if key.id == requester_key or me in {normalize_principal(requester_principal),
+                                             normalize_principal(actor)}:
+            return refuse(403, "SELF_APPROVAL",
+                          "The requester cannot break glass for its own action")
+        mfa = False
+        if rule.mfa:
+            refused = self._approver_mfa(key, p, refuse)
+            if refused is not None:
+                return refused
+            mfa = True
+        approval = self.approvals.create(
+            tenant=key.tenant_id, digest=digest, action=summary,
+            buckets=list(orjson.loads(buckets)), environment=environment, request_id=target,
+            key_id=str(requester_key), principal=requester_principal,
+            actor_id=actor if isinstance(actor, str) else None,
+            policy_version=self.policy_version,
+            rule=ApprovalRule(1, rule.roles, rule.mfa, rule.expires_in, rule.expires_in),
+            now_us=now_us, kind="break_glass", reason=reason)
+        principal = key.principal or key.id
+        self.approvals.record_vote(approval, key_id=key.id, principal=principal,
+                                   decision="approve", reason=reason, mfa=mfa, now_us=now_us)
+        self.approvals.set_status(approval, "approved", now_us)
+        self._log_event(state, chain, key, now, "approval.break_glass", approval,
+                        {"request_id": target, "reason": reason, "principal": principal,
+                         "mfa": mfa, "lifts": lifts})
         return Outcome(200, approval.view(now_us))
 
     def _mfa_state(self, key: ApiKey) -> ApiKey:

@@ -17,13 +17,14 @@ from sqlalchemy import and_, select
 from stage0.engine.approvals import ApprovalEvidence
 from stage0.policy.compiled import ApprovalRule
 from stage0.store.database import Store
-from stage0.store.schema import approval_votes, approvals
+from stage0.store.schema import approval_votes, approvals, decisions
 
 COLUMNS = (
     "id", "tenant_id", "status", "action_digest", "action", "buckets", "environment",
     "request_id", "requested_by_key", "requested_by_principal", "actor_id", "policy_version",
     "required_approvals", "approvals_count", "eligible_roles", "requires_mfa", "execute_within_s",
     "created_us", "expires_us", "decided_us", "execute_by_us", "used_us", "used_by_request",
+    "kind", "reason",
 )
 SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
 SELECT_OPEN = (
@@ -77,6 +78,9 @@ class Approval:
         action = orjson.loads(r["action"])
         return {
             "approval_id": r["id"],
+            "tenant_id": r["tenant_id"],
+            "kind": r.get("kind") or "standard",
+            "reason": r.get("reason"),
             "status": self.status_at(now_us),
             "required_approvals": r["required_approvals"],
             "approvals": [v["principal"] for v in self.votes if v["decision"] == "approve"],
@@ -113,6 +117,8 @@ class Approval:
             execute_by=(None if r["execute_by_us"] is None
                         else datetime.fromtimestamp(r["execute_by_us"] / 1e6, UTC)),
             approvers=tuple(v["principal"] for v in self.votes if v["decision"] == "approve"),
+            kind="break_glass" if r.get("kind") == "break_glass" else "standard",
+            reason=r.get("reason"),
         )
 
 
@@ -159,9 +165,10 @@ class ApprovalStore:
         self, *, tenant: str, digest: str, action: dict[str, Any], buckets: list[str],
         environment: str | None, request_id: str, key_id: str, principal: str | None,
         actor_id: str | None, policy_version: str, rule: ApprovalRule, now_us: int,
+        kind: str = "standard", reason: str | None = None,
     ) -> Approval:
         record = {
-            "id": "apr_" + secrets.token_hex(8),
+            "id": ("brk_" if kind == "break_glass" else "apr_") + secrets.token_hex(8),
             "tenant_id": tenant,
             "status": "pending",
             "action_digest": digest,
@@ -184,6 +191,8 @@ class ApprovalStore:
             "execute_by_us": None,
             "used_us": None,
             "used_by_request": None,
+            "kind": kind,
+            "reason": reason,
         }
         self.cursor.execute(self._sql["insert"], record)
         return Approval(record, [])
@@ -224,9 +233,19 @@ def _plain(row: Any) -> dict[str, Any]:
     return {str(k): v for k, v in row._mapping.items()}
 
 
-def list_approvals(store: Store, tenant: str, status: str | None, now_us: int,
-                   limit: int = 100) -> list[dict[str, Any]]:
-    query = select(approvals).where(approvals.c.tenant_id == tenant)
+def list_approvals(store: Store, tenant: str | None, status: str | None, now_us: int,
+                   limit: int = 100, *, kind: str | None = None, since_us: int | None = None,
+                   until_us: int | None = None) -> list[dict[str, Any]]:
+    """Approval requests, newest first; ``tenant=None`` lists every tenant (operator CLI)."""
+    query = select(approvals)
+    if tenant is not None:
+        query = query.where(approvals.c.tenant_id == tenant)
+    if kind is not None:
+        query = query.where(approvals.c.kind == kind)
+    if since_us is not None:
+        query = query.where(approvals.c.created_us >= since_us)
+    if until_us is not None:
+        query = query.where(approvals.c.created_us < until_us)
     if status in ("approved", "rejected", "used"):
         query = query.where(approvals.c.status == status)
     elif status == "pending":
@@ -260,3 +279,54 @@ def get_approval(store: Store, tenant: str, approval_id: str, now_us: int) -> di
                    approval_votes.c.reason, approval_votes.c.mfa, approval_votes.c.created_us)
             .where(approval_votes.c.approval_id == approval_id).order_by(approval_votes.c.id))]
     return Approval(_plain(row), votes).view(now_us)
+
+
+def _decision_summary(conn: Any, tenant: str, request_id: str | None) -> dict[str, Any] | None:
+    if not request_id:
+        return None
+    row = conn.execute(select(decisions.c.verdict, decisions.c.decision, decisions.c.response,
+                              decisions.c.created_us)
+                       .where(and_(decisions.c.tenant_id == tenant,
+                                   decisions.c.request_id == request_id,
+                                   decisions.c.kind == "decision"))).first()
+    if row is None:
+        return {"request_id": request_id, "found": False}
+    issues = orjson.loads(row.response).get("issues", [])
+    return {"request_id": request_id, "found": True, "verdict": row.verdict,
+            "decision": row.decision, "at": _iso(row.created_us),
+            "issues": [i.get("code") for i in issues]}
+
+
+def break_glass_report(store: Store, tenant: str | None, now_us: int, *,
+                       since_us: int | None = None, until_us: int | None = None,
+                       limit: int = 1000) -> list[dict[str, Any]]:
+    """Break-glass declarations for post-incident review, newest first: who declared what and
+    why, the decision it was declared for, and the decision that used it (if any)."""
+    items = list_approvals(store, tenant, None, now_us, limit, kind="break_glass",
+                           since_us=since_us, until_us=until_us)
+    report = []
+    with store.connect() as conn:
+        for a in items:
+            votes = a["votes"]
+            execute_by = a["execute_by"]
+            used = a["used_by_request"] is not None
+            lapsed = not used and a["status"] == "approved" and execute_by is not None and (
+                datetime.fromisoformat(execute_by.replace("Z", "+00:00")).timestamp() * 1e6
+                <= now_us)
+            report.append({
+                "approval_id": a["approval_id"],
+                "tenant_id": a["tenant_id"],
+                "declared_by": votes[0]["principal"] if votes else None,
+                "declared_at": a["created_at"],
+                "reason": a["reason"],
+                "mfa": bool(votes and votes[0]["mfa"]),
+                "status": "used" if used else ("lapsed" if lapsed else a["status"]),
+                "usable_until": execute_by,
+                "action": a["action"],
+                "buckets": a["buckets"],
+                "environment": a["environment"],
+                "requested_by": a["requested_by"],
+                "declared_for": _decision_summary(conn, a["tenant_id"], a["request_id"]),
+                "used_by": _decision_summary(conn, a["tenant_id"], a["used_by_request"]),
+            })
+    return report

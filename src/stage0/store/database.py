@@ -75,7 +75,7 @@ class Store:
                 # Several server processes may start at once: migrate one at a time.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(515151)")
             config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            command.upgrade(config, "heads")
 
     # -- connections ----------------------------------------------------------------------------
 

@@ -139,8 +139,11 @@ approvals = Table(
     Column("execute_by_us", BigInteger),
     Column("used_us", BigInteger),
     Column("used_by_request", String(100)),
+    Column("kind", String(20), nullable=False, server_default="standard"),
+    Column("reason", Text),
     Index("ix_approvals_tenant_digest", "tenant_id", "action_digest", "status"),
     Index("ix_approvals_tenant_status", "tenant_id", "status"),
+    Index("ix_approvals_kind_created", "kind", "created_us"),
 )
 
 approval_votes = Table(
