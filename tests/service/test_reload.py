@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from stage0.policy import PolicyError
 from stage0.policy.loader import default_pack_text
+from stage0.policy.packset import load_pack_set
 from stage0.store import Store
 from stage0.store.keys import create_key
 from tests.helpers import request
@@ -91,3 +94,67 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
             assert server.process.poll() is None
         finally:
             server.stop()
+
+
+NEW_RULE = (
+    "rules:\n  - id: NO_TICKET_SUMMARIES\n    when: \"'ticket_search' in tools\"\n"
+    "    message: ticket summaries are paused\n    remediation: wait for the migration\n"
+)
+
+
+def test_several_versions_are_held_for_pinned_requests(tmp_path: Path) -> None:
+    pack = tmp_path / "policy"
+    pack.mkdir()
+    (pack / "v1.0.0.yaml").write_text(default_pack_text())
+    (pack / "v1.1.0.yaml").write_text(
+        default_pack_text().replace("version: 1.0.0", "version: 1.1.0") + NEW_RULE)
+    with fresh_database("sqlite", tmp_path) as url, running_app(url, policy=str(pack)) as api:
+        ready = api.client.get("/readyz").json()
+        assert ready["policy_version"] == "stage0-policy-pack@1.1.0"  # the highest is active
+        assert ready["held_versions"] == ["stage0-policy-pack@1.0.0"]
+        latest = api.check(request()).json()
+        assert (latest["policy_version"], latest["verdict"]) == ("stage0-policy-pack@1.1.0",
+                                                                 "DENY")
+        for pin in ("stage0-policy-pack@1.0.0", " 1.0.0"):
+            old = api.check(request(policy_pack_version=pin)).json()
+            assert (old["policy_version"], old["verdict"]) == ("stage0-policy-pack@1.0.0",
+                                                               "ALLOW"), pin
+            logged = api.client.get(f"/v1/decisions/{old['request_id']}",
+                                    headers={"x-api-key": api.key}).json()
+            assert logged["policy_version"] == "stage0-policy-pack@1.0.0"
+            assert logged["policy_sha256"] == old["policy_sha256"] != latest["policy_sha256"]
+        unknown = api.check(request(policy_pack_version="1.2.0")).json()
+        assert unknown["verdict"] == "DENY"
+        (issue,) = [i for i in unknown["issues"] if i["code"] == "POLICY_VERSION_UNKNOWN"]
+        assert "`stage0-policy-pack@1.1.0`, `stage0-policy-pack@1.0.0`" in issue["message"]
+
+        # pack.yaml names the active version, whatever the others are; the set reloads as one
+        (pack / "pack.yaml").write_text(default_pack_text())
+        assert wait_until(lambda: api.client.get("/readyz").json()["policy_version"]
+                          == "stage0-policy-pack@1.0.0")
+        assert api.check(request()).json()["verdict"] == "ALLOW"
+        assert api.check(request(policy_pack_version="1.1.0")).json()["verdict"] == "DENY"
+
+        # one bad file refuses the whole set; the last good set keeps serving
+        (pack / "v2.0.0.yaml").write_text(
+            default_pack_text().replace("version: 1.0.0", "version: 2.0.0")
+            .replace("quorum: 1", "quorum: 0"))
+        assert wait_until(lambda: api.client.get("/readyz").json()["last_reload"]["ok"]
+                          is False)
+        error = api.client.get("/readyz").json()["last_reload"]["error"]
+        assert "v2.0.0.yaml: approvals.quorum" in error
+        assert api.check(request(policy_pack_version="1.1.0")).json()["policy_version"] == \
+            "stage0-policy-pack@1.1.0"
+
+
+def test_a_pack_set_refuses_ambiguous_versions(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(default_pack_text())
+    (tmp_path / "b.yaml").write_text(default_pack_text() + NEW_RULE)
+    with pytest.raises(PolicyError, match=r"also in a\.yaml with different content"):
+        load_pack_set(tmp_path)
+    (tmp_path / "b.yaml").write_text(default_pack_text())  # the same pack twice is harmless
+    assert load_pack_set(tmp_path).versions == ["stage0-policy-pack@1.0.0"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PolicyError, match="holds no pack"):
+        load_pack_set(empty)

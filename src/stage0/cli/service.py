@@ -96,10 +96,14 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
                    + f"the evaluation clock is frozen at {frozen_time}; every decision records "
                      "it. Do not use this in production.", err=True)
     try:
-        from stage0.server.reload import resolve_pack  # noqa: PLC0415
+        from stage0.policy.packset import PackSet, load_pack_set  # noqa: PLC0415
 
-        policy = load_policy(resolve_pack(policy_path) if policy_path else None)
+        packs = load_pack_set(policy_path) if policy_path else PackSet(load_policy(None))
+        policy = packs.active
         click.echo(f"policy   {policy.policy_version} ({policy.sha256[:12]})", err=True)
+        for held in packs.held:
+            click.echo(f"held     {held.policy_version} ({held.sha256[:12]}) for pinned requests",
+                       err=True)
     except PolicyError as exc:
         click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)
                    + "\nevery /check will fail closed (DENY) until the pack is fixed", err=True)

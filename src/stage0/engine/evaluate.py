@@ -28,6 +28,7 @@ from stage0.engine.findings import Findings
 from stage0.engine.loops import check_loops
 from stage0.engine.runstate import RunState
 from stage0.policy.compiled import CompiledPolicy
+from stage0.policy.packset import PackSet
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
@@ -84,7 +85,10 @@ class Engine:
         approvals: ApprovalResolver | None = None,
         clock: Clock = system_clock,
         ids: IdFactory = uuid4_id,
+        held: tuple[CompiledPolicy, ...] = (),
     ) -> None:
+        """``held``: other pack versions, each deciding the requests that pin it with
+        ``policy_pack_version`` (see :mod:`stage0.policy.packset`)."""
         self.policy = policy
         self.run_state = run_state
         self.approvals = approvals
@@ -93,6 +97,12 @@ class Engine:
         self._parser = ConstraintParser(policy) if policy is not None else None
         self._classify = Classifier(policy) if policy is not None else None
         self._goals: dict[str, tuple[str, ...]] = {}
+        self._packs = PackSet(policy, held) if policy is not None else None
+        self._held = {
+            p.policy_version: Engine(p, run_state=run_state, approvals=approvals, clock=clock,
+                                     ids=ids)
+            for p in held if policy is None or p.policy_version != policy.policy_version
+        }
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -135,6 +145,12 @@ class Engine:
         input_sha256: str | None = None,
     ) -> Decision:
         """Decide a validated request. Never raises: failures are fail-closed decisions."""
+        if self._held and request.policy_pack_version is not None and self._packs is not None:
+            pinned = self._packs.find(request.policy_pack_version)
+            if pinned is not None and pinned.policy_version in self._held:
+                return self._held[pinned.policy_version].evaluate(
+                    request, at=at, request_id=request_id, tenant=tenant,
+                    input_sha256=input_sha256)
         started = perf_counter()
         now = self._clock()
         at = at if at is not None else now
@@ -205,10 +221,11 @@ class Engine:
         out = Findings(f.pro)
         pin = request.policy_pack_version
         if pin is not None and pin.strip() not in (policy.policy_version, policy.version):
+            held = self._packs.versions if self._packs is not None else [policy.policy_version]
             out.add(
                 "POLICY_VERSION_UNKNOWN",
                 f"Policy version `{pin}` is not available; this server has "
-                f"`{policy.policy_version}`",
+                + ", ".join(f"`{v}`" for v in held),
             )
 
         constraints = request.constraints or []

@@ -25,9 +25,10 @@ from stage0.contract import CheckRequest, CheckResponse, RequestValidationError,
 from stage0.contract.request import MAX_BODY_BYTES, parse_instant
 from stage0.engine import system_clock
 from stage0.policy import CompiledPolicy, PolicyError, load_policy
+from stage0.policy.packset import PackSet, load_pack_set
 from stage0.server import metrics
 from stage0.server.pipeline import Job, Pipeline, error_body
-from stage0.server.reload import PolicyReloader, resolve_pack
+from stage0.server.reload import PolicyReloader
 from stage0.store import Store, ledger
 from stage0.store import approvals as approvals_store
 from stage0.store.keys import ApiKey, lookup_key
@@ -119,11 +120,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.migrate()
         ensure_signing_key(store)
         policy: CompiledPolicy | None
+        packs: PackSet | None
         try:
-            policy = load_policy(resolve_pack(settings.policy) if settings.policy else None)
+            packs = (load_pack_set(settings.policy) if settings.policy
+                     else PackSet(load_policy(None)))
+            policy = packs.active
         except PolicyError as exc:
             log.error("%s; every /check fails closed until a valid pack is loaded", exc)
-            policy = None
+            policy, packs = None, None
         if settings.frozen_time:
             frozen = parse_instant(settings.frozen_time)
             clock = lambda: frozen  # noqa: E731 - a constant clock
@@ -131,16 +135,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         settings.frozen_time)
         else:
             clock = system_clock
-        pipeline = Pipeline(store, policy, clock=clock, frozen_time=settings.frozen_time)
+        pipeline = Pipeline(store, policy, clock=clock, frozen_time=settings.frozen_time,
+                            held=packs.held if packs is not None else ())
         reloader: PolicyReloader | None = None
         if policy is not None:
             metrics.POLICY_INFO.labels(policy_version=policy.policy_version,
                                        sha256=policy.sha256).set(1)
 
-        def apply(new: CompiledPolicy) -> None:
-            old = state.get("policy")
-            pipeline.swap_policy(new)
-            state["policy"] = new
+        def apply(new_set: PackSet) -> None:
+            old, new = state.get("policy"), new_set.active
+            pipeline.swap_policy(new, new_set.held)
+            state["policy"], state["packs"] = new, new_set
             if old is not None:
                 metrics.POLICY_INFO.labels(policy_version=old.policy_version,
                                            sha256=old.sha256).set(0)
@@ -159,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         deliverer = Deliverer(store, on_tick=sweep)
         deliverer.start()
-        state.update(store=store, policy=policy, clock=clock, pipeline=pipeline,
+        state.update(store=store, policy=policy, packs=packs, clock=clock, pipeline=pipeline,
                      deliverer=deliverer)
         state["reloader"] = reloader
         yield
@@ -462,6 +467,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ready" if not problems else "not ready",
             "policy_version": policy.policy_version if policy else None,
             "policy_sha256": policy.sha256 if policy else None,
+            "held_versions": [p.policy_version for p in state["packs"].held]
+            if state.get("packs") is not None else [],
             "problems": problems,
             "last_reload": reloader.status if reloader is not None else None,
             "frozen_time": settings.frozen_time,

@@ -120,6 +120,9 @@ class Job:
     op: str = "check"
     """``check``, ``approve``, ``reject``, ``break_glass`` or ``consume``."""
     payload: dict[str, Any] = field(default_factory=dict)
+    key_id: str | None = None
+    """An already-authenticated key (the console's signed-in session), looked up by id in
+    place of ``secret``; a revoked key still fails."""
     future: Future[Outcome] = field(default_factory=Future)
     key: ApiKey | None = None
     parse_us: float = 0.0
@@ -158,9 +161,11 @@ class Pipeline:
         clock: Callable[[], datetime],
         frozen_time: str | None = None,
         batch_max: int = 256,
+        held: tuple[CompiledPolicy, ...] = (),
     ) -> None:
         self.store = store
         self.policy = policy
+        self.held = held
         self.clock = clock
         self.frozen_time = frozen_time
         self.batch_max = batch_max
@@ -168,12 +173,13 @@ class Pipeline:
         self.approvals = ApprovalStore(store)
         self.keyring = Keyring(store)
         self.engine = Engine(policy, run_state=self.run_state, approvals=self.approvals,
-                             clock=clock)
+                             clock=clock, held=held)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._pending_policy: CompiledPolicy | None = None
+        self._pending_policy: tuple[CompiledPolicy, tuple[CompiledPolicy, ...]] | None = None
         self._conn: Any = None
         self._sql = {name: store.sql(text) for name, text in {
-            "key": SELECT_KEY, "usage": SELECT_USAGE, "upsert_usage": UPSERT_USAGE,
+            "key": SELECT_KEY, "key_by_id": SELECT_KEY.replace("key_hash = :h", "id = :i"),
+            "usage": SELECT_USAGE, "upsert_usage": UPSERT_USAGE,
             "by_request": SELECT_BY_REQUEST,
             "token_used": "SELECT 1 FROM token_uses WHERE tenant_id = :t AND jti = :j",
             "mfa": "UPDATE api_keys SET mfa_failures = :f, mfa_locked_until_us = :l, "
@@ -193,16 +199,25 @@ class Pipeline:
     def policy_version(self) -> str:
         return self.policy.policy_version if self.policy is not None else "none"
 
-    def swap_policy(self, policy: CompiledPolicy) -> None:
-        """Serve ``policy`` from the next batch on (never in the middle of one)."""
-        self._pending_policy = policy
+    def swap_policy(self, policy: CompiledPolicy, held: tuple[CompiledPolicy, ...] = ()) -> None:
+        """Serve ``policy`` (and ``held`` for pinned requests) from the next batch on (never in
+        the middle of one)."""
+        self._pending_policy = (policy, held)
 
     def _apply_pending_policy(self) -> None:
-        policy, self._pending_policy = self._pending_policy, None
-        if policy is not None:
-            self.policy = policy
-            self.engine = Engine(policy, run_state=self.run_state, approvals=self.approvals,
-                                 clock=self.clock)
+        pending, self._pending_policy = self._pending_policy, None
+        if pending is not None:
+            self.policy, self.held = pending
+            self.engine = Engine(self.policy, run_state=self.run_state,
+                                 approvals=self.approvals, clock=self.clock, held=self.held)
+
+    def _deciding(self, body: dict[str, Any]) -> CompiledPolicy | None:
+        """The pack that made a decision: the active one, or a held one a request pinned."""
+        version = body.get("policy_version")
+        for policy in (self.policy, *self.held):
+            if policy is not None and policy.policy_version == version:
+                return policy
+        return self.policy
 
     def submit(self, job: Job) -> Future[Outcome]:
         self._queue.put(job)
@@ -310,9 +325,10 @@ class Pipeline:
                     cur.execute("BEGIN IMMEDIATE")
                 state = _Batch()
                 for job in batch:
-                    if job.secret not in state.keys:
-                        state.keys[job.secret] = self._lookup_key(cur, job.secret)
-                    job.key = state.keys[job.secret]
+                    ident = job.secret if job.key_id is None else "\0" + job.key_id
+                    if ident not in state.keys:
+                        state.keys[ident] = self._lookup_key(cur, job.secret, job.key_id)
+                    job.key = state.keys[ident]
                 if self.store.dialect == "postgresql":
                     for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
@@ -351,10 +367,13 @@ class Pipeline:
             outcome.headers.setdefault("x-request-id", job.request_id)
             job.future.set_result(outcome)
 
-    def _lookup_key(self, cur: Any, secret: str) -> ApiKey | None:
-        if not secret:
+    def _lookup_key(self, cur: Any, secret: str, key_id: str | None = None) -> ApiKey | None:
+        if key_id is not None:
+            cur.execute(self._sql["key_by_id"], {"i": key_id})
+        elif not secret:
             return None
-        cur.execute(self._sql["key"], {"h": hash_key(secret)})
+        else:
+            cur.execute(self._sql["key"], {"h": hash_key(secret)})
         row = cur.fetchone()
         if row is None or row[12] is not None:
             return None
@@ -373,13 +392,14 @@ class Pipeline:
         approval = self.approvals.open_for(tenant, digest, now_us)
         if approval is None:
             ctx = request.context
+            deciding = self._deciding(body)
             approval = self.approvals.create(
                 tenant=tenant, digest=digest, action=_action_summary(request, body),
                 buckets=list(body["buckets"]), environment=body.get("environment"),
                 request_id=job.request_id, key_id=key.id, principal=key.principal,
                 actor_id=ctx.actor_id if ctx is not None else None,
-                policy_version=self.policy_version,
-                rule=(self.policy.approval_rule(body["buckets"]) if self.policy is not None
+                policy_version=body["policy_version"],
+                rule=(deciding.approval_rule(body["buckets"]) if deciding is not None
                       else _FALLBACK_RULE),
                 now_us=now_us,
             )
@@ -839,8 +859,9 @@ class Pipeline:
             "http_status": status,
             "verdict": body.get("verdict", "DENY"),
             "decision": body.get("decision", "NO_GO"),
-            "policy_version": self.policy_version,
-            "policy_sha256": self.policy.sha256 if self.policy is not None else "",
+            "policy_version": body.get("policy_version") or self.policy_version,
+            "policy_sha256": body.get("policy_sha256") or (
+                self.policy.sha256 if self.policy is not None else ""),
             "input_sha256": job.input_sha256,
             "action_digest": body.get("action_digest", ""),
             "environment": body.get("environment"),

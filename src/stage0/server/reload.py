@@ -15,24 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stage0.policy import CompiledPolicy, PolicyError, load_policy
+from stage0.policy import PolicyError
+from stage0.policy.packset import load_pack_set, pack_files
 from stage0.server import metrics
 
 log = logging.getLogger("stage0.reload")
-
-
-def resolve_pack(path: str | Path) -> Path:
-    """A pack file, or a directory holding exactly one ``*.yaml``/``*.yml`` (or ``pack.yaml``)."""
-    p = Path(path)
-    if not p.is_dir():
-        return p
-    preferred = p / "pack.yaml"
-    if preferred.is_file():
-        return preferred
-    found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
-    if len(found) != 1:
-        raise PolicyError(str(p), [f"the directory must hold one pack file (found {len(found)})"])
-    return found[0]
 
 
 class PolicyReloader:
@@ -49,11 +36,10 @@ class PolicyReloader:
                                        "policy_version": None}
         self._thread = threading.Thread(target=self._run, name="stage0-reload", daemon=True)
 
-    def _mtime(self) -> tuple[str, float] | None:
+    def _mtime(self) -> tuple[tuple[str, float], ...] | None:
         try:
-            path = resolve_pack(self._source)
-            return str(path), path.stat().st_mtime
-        except (OSError, PolicyError):
+            return tuple((str(p), p.stat().st_mtime) for p in pack_files(self._source))
+        except OSError:
             return None
 
     def start(self) -> None:
@@ -71,18 +57,21 @@ class PolicyReloader:
     def reload(self) -> bool:
         """Load and validate the pack now; apply it if good. Returns whether it was applied."""
         try:
-            policy: CompiledPolicy = load_policy(resolve_pack(self._source))
+            packs = load_pack_set(self._source)
         except PolicyError as exc:
             self.status = {**self.status, "ok": False, "error": str(exc),
                            "reloaded_at": time.time()}
             metrics.POLICY_RELOADS.labels(result="refused").inc()
             log.error("refused the new policy pack, still serving the last good one: %s", exc)
             return False
-        self._apply(policy)
+        self._apply(packs)
         self.status = {"ok": True, "error": None, "reloaded_at": time.time(),
-                       "policy_version": policy.policy_version}
+                       "policy_version": packs.active.policy_version,
+                       "held_versions": [p.policy_version for p in packs.held]}
         metrics.POLICY_RELOADS.labels(result="applied").inc()
-        log.warning("policy reloaded: now serving %s", policy.policy_version)
+        log.warning("policy reloaded: now serving %s (also held for pins: %s)",
+                    packs.active.policy_version,
+                    ", ".join(p.policy_version for p in packs.held) or "none")
         return True
 
     def _run(self) -> None:
