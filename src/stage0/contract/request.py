@@ -45,6 +45,10 @@ def _ascii_name(value: str) -> str:
     """Tool names and side effects are identifiers: after NFKC normalisation and removal of
     invisible format characters they must be ASCII, so look-alike letters (a Cyrillic a,
     U+0430, in ``payout``) cannot slip a name past the classifier."""
+    if value.isascii():  # NFKC leaves ASCII as it is, and no ASCII character is a format one
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
     text = "".join(
         c for c in unicodedata.normalize("NFKC", value) if unicodedata.category(c) != "Cf"
     )
