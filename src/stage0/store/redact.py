@@ -20,22 +20,40 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any, path: str = "") -> tuple[Any, list[str]]:
-    """A copy of ``value`` with the values under secret-looking keys masked, and their paths."""
+    """``value`` with the values under secret-looking keys masked, and their paths.
+
+    Copy on write: containers with nothing to mask are returned as they are (shared with
+    ``value``), and a path is spelled out only for a masked value.
+    """
     masked: list[str] = []
-    return _walk(value, path, masked), masked
+    return _walk(value, (path,) if path else (), masked), masked
 
 
-def _walk(value: Any, path: str, masked: list[str]) -> Any:
+def _walk(value: Any, parts: tuple[str, ...], masked: list[str]) -> Any:
     if isinstance(value, dict):
-        out = {}
+        out: dict[Any, Any] | None = None
         for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and is_secret_key(key) and item is not None:
-                out[key] = MASK
-                masked.append(here)
+            if isinstance(key, str) and item is not None and is_secret_key(key):
+                new: Any = MASK
+                masked.append(".".join((*parts, key)))
+            elif isinstance(item, dict | list):
+                new = _walk(item, (*parts, str(key)), masked)
             else:
-                out[key] = _walk(item, here, masked)
-        return out
+                continue
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
     if isinstance(value, list):
-        return [_walk(item, f"{path}.{i}", masked) for i, item in enumerate(value)]
+        copied: list[Any] | None = None
+        for i, item in enumerate(value):
+            if not isinstance(item, dict | list):
+                continue
+            new = _walk(item, (*parts, str(i)), masked)
+            if new is not item:
+                if copied is None:
+                    copied = list(value)
+                copied[i] = new
+        return value if copied is None else copied
     return value
