@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stage0 import __version__
+from stage0.console import mount_console
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError, parse_request
 from stage0.contract.request import MAX_BODY_BYTES, parse_instant
 from stage0.engine import system_clock
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Pre-execution authorization for AI agents: ALLOW, DEFER or DENY",
         lifespan=lifespan,
     )
+    mount_console(app, state)  # the operator console at /console (docs/console.md)
 
     # -- errors: one shape ------------------------------------------------------------------
 

@@ -167,6 +167,33 @@ def verify(store: Store, tenant: str | None = None) -> list[TenantReport]:
         return reports
 
 
+def verify_record(store: Store, tenant: str, seq: int) -> list[str]:
+    """Check one row of a tenant's chain: its own hash, its link to the row before it, and the
+    link of the row after it (or the chain head) to it. Empty when the row verifies."""
+    with store.connect() as conn:
+        rows = {r.seq: dict(r._mapping) for r in conn.execute(
+            select(decisions).where(and_(decisions.c.tenant_id == tenant,
+                                         decisions.c.seq.between(seq - 1, seq + 1))))}
+        head = conn.execute(select(chain_heads).where(chain_heads.c.tenant_id == tenant)).first()
+    record = rows.get(seq)
+    if record is None:
+        return [f"seq {seq} is not in the chain"]
+    problems = []
+    if row_hash(record) != record["row_hash"]:
+        problems.append(f"seq {seq} was modified: its content no longer matches its hash")
+    before = GENESIS if seq == 1 else (rows[seq - 1]["row_hash"] if seq - 1 in rows else None)
+    if before is None:
+        problems.append(f"seq {seq - 1}, the row before it, is missing: rows were deleted")
+    elif record["prev_hash"] != before:
+        problems.append(f"seq {seq} does not link to the row before it")
+    after = rows.get(seq + 1)
+    if after is not None and after["prev_hash"] != record["row_hash"]:
+        problems.append(f"seq {seq + 1}, the row after it, does not link to it")
+    if after is None and (head is None or (head.seq, head.row_hash) != (seq, record["row_hash"])):
+        problems.append(f"seq {seq} is the newest row but the chain head does not point to it")
+    return problems
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 
@@ -222,6 +249,8 @@ def search(
     limit: int = 50,
     before_id: int | None = None,
     kind: str | None = None,
+    environment: str | None = None,
+    action_digest: str | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Newest first; returns the page and the id to continue before (``None`` at the end).
 
@@ -239,6 +268,10 @@ def search(
         query = query.where(decisions.c.tools.contains(orjson.dumps(tool).decode()))
     if bucket:
         query = query.where(decisions.c.buckets.contains(orjson.dumps(bucket).decode()))
+    if environment:
+        query = query.where(decisions.c.environment == environment)
+    if action_digest:
+        query = query.where(decisions.c.action_digest == action_digest)
     if since:
         query = query.where(decisions.c.created_us >= int(since.timestamp() * 1e6))
     if until:

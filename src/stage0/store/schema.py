@@ -214,3 +214,15 @@ webhook_deliveries = Table(
     Index("ix_deliveries_due", "status", "next_attempt_us"),
     Index("ix_deliveries_approval", "approval_id"),
 )
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("tenant_id", String(100), nullable=False),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Index("ix_console_sessions_expires", "expires_us"),
+)
