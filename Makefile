@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup serve run test lint bench clean
+.PHONY: setup serve run test lint bench assets clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: setup
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/rules.py
+
+# Re-vendor the console's browser assets (htmx) from the npm registry, checked against
+# src/stage0/console/assets.lock.json; the result is committed, so nothing is fetched at run time.
+assets: setup
+	$(BIN)/python -m stage0.console.assets
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

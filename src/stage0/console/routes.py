@@ -243,8 +243,9 @@ def build_router(state: dict[str, Any], settings: ConsoleSettings) -> APIRouter:
 
     async def signed_in(request: Request) -> Session | Response:
         session = await current(request)
-        if session is None:
-            return redirect(request, "/login?m=expired")
+        if session is None:  # a first visit, or a session that expired or ended
+            return redirect(request, "/login?m=expired" if COOKIE in request.cookies
+                            else "/login")
         return session
 
     @router.get("/inbox")
