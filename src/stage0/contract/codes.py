@@ -13,7 +13,7 @@ Messages follow one style: one sentence, no trailing period, user input in backt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from stage0.contract.issues import EffectName, Issue, SeverityName
@@ -49,15 +49,26 @@ class CodeSpec:
     message: str
     remediation: str
     question: str | None = None
+    _default: tuple[Issue, Issue] = field(init=False, repr=False, compare=False)
+    """The issues with the catalogue message, on the standard plan and on pro (immutable, so
+    made once per code rather than once per decision)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_default", (
+            Issue(self.code, self.severity, self.message, self.effect, self.remediation),
+            Issue(self.code, self.severity, self.message, self.pro_effect, self.remediation),
+        ))
 
     def issue(self, message: str | None = None, *, pro: bool = False) -> Issue:
         """Make an issue of this code, with the effect the plan gives it."""
+        if not message:
+            return self._default[pro]
         return Issue(
-            code=self.code,
-            severity=self.severity,
-            message=message or self.message,
-            effect=self.pro_effect if pro else self.effect,
-            remediation=self.remediation,
+            self.code,
+            self.severity,
+            message,
+            self.pro_effect if pro else self.effect,
+            self.remediation,
         )
 
 

@@ -40,10 +40,9 @@ def _iso(at: datetime) -> str:
 def check_approval(
     out: Findings,
     policy: CompiledPolicy,
-    *,
     required: bool,
     verified_only: bool,
-    sources: list[str],
+    sources: tuple[str, ...],
     status: str | None,
     approval_id: str | None,
     approved_at: datetime | None,
@@ -57,7 +56,7 @@ def check_approval(
         "satisfied": not required,
         "verified": False,
         "evidence": "verified" if verified_only else "any",
-        "required_by": sources,
+        "required_by": list(sources),
         "status": status,
         "approval_id": approval_id,
     }

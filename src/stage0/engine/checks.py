@@ -24,36 +24,49 @@ class Requirements:
     """Operator baseline (matched buckets) merged with the caller's guardrails."""
 
     approval: bool
-    approval_sources: list[str]
+    approval_sources: tuple[str, ...]
     verified_only: bool
     environment_required: bool
     rollback: bool
-    rollback_sources: list[str]
+    rollback_sources: tuple[str, ...]
     mfa: bool
     ticket: bool
 
 
 def requirements(f: Facts, g: Guardrails, policy: CompiledPolicy) -> Requirements:
+    """Cached on the (cached, read-only) guardrails per bucket list and production flag."""
+    key = (f.buckets, f.is_production)
+    hit = g.requirements.get(key)
+    if hit is None:
+        hit = _requirements(f.buckets, f.is_production, g, policy)
+        if len(g.requirements) < 64:
+            g.requirements[key] = hit
+    return hit
+
+
+def _requirements(
+    buckets: tuple[str, ...], is_production: bool, g: Guardrails, policy: CompiledPolicy
+) -> Requirements:
     approval_sources = ["constraint"] if g.require_approval else []
     rollback_sources = ["constraint"] if g.rollback else []
     verified = env_required = mfa = ticket = False
-    for name in f.buckets:
+    for name in buckets:
         b = policy.bucket(name)
         if b.approval:
             approval_sources.append(f"bucket `{name}`")
             verified = verified or b.approval_evidence == "verified"
         env_required = env_required or b.environment
-        if b.rollback_plan == "always" or (b.rollback_plan == "production" and f.is_production):
+        if b.rollback_plan == "always" or (b.rollback_plan == "production" and is_production):
             rollback_sources.append(f"bucket `{name}`")
         mfa = mfa or b.mfa
         ticket = ticket or b.ticket
     return Requirements(
         approval=bool(approval_sources),
-        approval_sources=approval_sources,
+        approval_sources=tuple(approval_sources),
         verified_only=verified,
         environment_required=env_required,
         rollback=bool(rollback_sources),
-        rollback_sources=rollback_sources,
+        rollback_sources=tuple(rollback_sources),
         mfa=mfa or g.mfa,
         ticket=ticket or g.ticket,
     )
@@ -229,7 +242,7 @@ def check_rollback(out: Findings, f: Facts, req: Requirements) -> None:
         )
     out.checks["rollback"] = {
         "required": True,
-        "required_by": req.rollback_sources,
+        "required_by": list(req.rollback_sources),
         "satisfied": satisfied,
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from stage0.contract.constraints import CONSTRAINT_KEYS
 from stage0.policy.compiled import CompiledPolicy
@@ -60,6 +61,10 @@ class Guardrails:
     max_cost_usd: float | None = None
     read_only: bool = False
     clears_sensitive: bool = False
+    requirements: dict[tuple[tuple[str, ...], bool], Any] = field(
+        default_factory=dict, repr=False, compare=False)
+    """Cache of :func:`stage0.engine.checks.requirements` for these guardrails, by bucket list
+    and production flag (guardrails are themselves cached per constraint list)."""
 
     @property
     def any_recognized(self) -> bool:

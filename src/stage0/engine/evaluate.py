@@ -7,7 +7,7 @@ byte-identical decisions. Anything that goes wrong inside evaluation becomes ``v
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from time import perf_counter
@@ -38,8 +38,14 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def uuid4_id() -> str:
-    return str(uuid.uuid4())
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def uuid4_id(_urandom: Callable[[int], bytes] = os.urandom) -> str:
+    """A random (version 4, RFC 4122 variant) UUID in its canonical text form: what
+    ``str(uuid.uuid4())`` returns, from the same 16 random bytes, without building a ``UUID``."""
+    h = _urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class Decision:
@@ -235,19 +241,10 @@ class Engine:
         checks.check_constraints_valid(out, g)
         checks.check_side_effects(out, f, g, constraints_empty=not constraints)
         checks.check_sensitive_tools(out, f, g)
-        check_approval(
-            out,
-            policy,
-            required=req.approval,
-            verified_only=req.verified_only,
-            sources=req.approval_sources,
-            status=ctx.approval_status,
-            approval_id=ctx.approval_id,
-            approved_at=ctx.approved_at,
-            at=at,
-            tenant=tenant,
-            digest=digest,
-            resolver=self.approvals,
+        check_approval(  # positional: keyword arguments cost a microsecond here
+            out, policy, req.approval, req.verified_only, req.approval_sources,
+            ctx.approval_status, ctx.approval_id, ctx.approved_at, at, tenant, digest,
+            self.approvals,
         )
         checks.check_role(out, f, g)
         checks.check_environment(out, f, g, req, policy)

@@ -12,8 +12,11 @@ from stage0.policy.matching import normalize_name
 _EMPTY_CONTEXT = Context()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Facts:
+    """Read-only by convention: not ``frozen``, because a frozen dataclass pays one
+    ``object.__setattr__`` per field on every decision."""
+
     request: CheckRequest
     context: Context
     at: datetime
@@ -119,20 +122,20 @@ def derive_facts(
     else:
         call_tool = tools[0] if tools else None
 
-    return Facts(
-        request=request,
-        context=ctx,
-        at=at,
-        pro=bool(request.pro),
-        tenant=tenant,
-        tools=tools,
-        side_effects=c.side_effects,
-        environment=environment,
-        environment_key=env_key,
-        is_production=env_key is not None and policy.is_production(env_key),
-        buckets=c.buckets,
-        write_effects=c.write_effects,
-        sensitive_tools=c.sensitive_tools,
-        base_risk=c.base_risk,
-        call_tool=call_tool,
+    return Facts(  # positional: keyword arguments cost a microsecond here
+        request,  # request
+        ctx,  # context
+        at,  # at
+        bool(request.pro),  # pro
+        tenant,  # tenant
+        tools,  # tools
+        c.side_effects,  # side_effects
+        environment,  # environment
+        env_key,  # environment_key
+        env_key is not None and policy.is_production(env_key),  # is_production
+        c.buckets,  # buckets
+        c.write_effects,  # write_effects
+        c.sensitive_tools,  # sensitive_tools
+        c.base_risk,  # base_risk
+        call_tool,  # call_tool
     )

@@ -11,12 +11,14 @@ _RANK = {"NONE": 0, "DEFER": 1, "DENY": 2}
 
 
 class Findings:
-    __slots__ = ("break_glass", "checks", "clarifying", "issues", "lifted", "pro", "shadow",
-                 "specs", "value_findings")
+    __slots__ = ("_at", "break_glass", "checks", "clarifying", "issues", "lifted", "pro",
+                 "shadow", "specs", "value_findings")
 
     def __init__(self, pro: bool) -> None:
         self.pro = pro
         self.issues: list[Issue] = []
+        self._at: dict[str, int] = {}
+        """Position of each code in ``issues``."""
         self.specs: list[CodeSpec] = []
         self.checks: dict[str, Any] = {}
         self.clarifying: list[str] = []
@@ -41,13 +43,14 @@ class Findings:
 
     def add_spec(self, spec: CodeSpec, message: str | None = None) -> None:
         issue = spec.issue(message, pro=self.pro)
-        for i, existing in enumerate(self.issues):
-            if existing.code == issue.code:
-                if _RANK[issue.effect] > _RANK[existing.effect]:
-                    self.issues[i] = issue
-                return
+        i = self._at.get(issue.code)
+        if i is not None:
+            if _RANK[issue.effect] > _RANK[self.issues[i].effect]:
+                self.issues[i] = issue
+            return
+        self._at[issue.code] = len(self.issues)
         self.issues.append(issue)
         self.specs.append(spec)
 
     def has(self, code: str) -> bool:
-        return any(i.code == code for i in self.issues)
+        return code in self._at
