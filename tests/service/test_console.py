@@ -355,6 +355,8 @@ def test_the_policy_page_shows_the_pack_windows_and_shadow_hits(
             "code": "LARGE_AMOUNT", "mode": "shadow", "severity": "HIGH", "effect": "DENY",
             "condition": "has(arguments.amount) && double(arguments.amount) > 1000.0",
             "message": "Amounts over 1000 would be denied", "remediation": "Split it"})
+        doc["freezes"] = [{"name": "year-end", "start": "2026-12-20T00:00:00Z",
+                           "end": "2027-01-04T00:00:00Z", "reason": "Year-end close"}]
 
     with running_app(db_url, policy=pack_file(tmp_path, "shadow.yaml", shadow)) as api:
         api.check(request(arguments={"amount": 5000}))
@@ -363,7 +365,7 @@ def test_the_policy_page_shows_the_pack_windows_and_shadow_hits(
         page = console.client.get("/console/policy").text
     for shown in ("stage0-policy-pack@1.0.0", "money_movement", "production_control_plane",
                   "Change windows", "Next opening", "LARGE_AMOUNT", "1 with shadow hits",
-                  "ALLOW → DENY"):
+                  "ALLOW → DENY", "year-end", "Year-end close", "inactive"):
         assert shown in page, shown
 
 

@@ -317,14 +317,19 @@ def build_router(state: dict[str, Any], settings: ConsoleSettings) -> APIRouter:
 
     # -- decision explorer ------------------------------------------------------------------
 
-    @router.get("/decisions")
-    async def decisions(request: Request) -> Response:
+    async def auditor(request: Request) -> Session | Response:
+        """The session, when its key may read the log (``audit:read`` or ``admin``)."""
         session = await signed_in(request)
-        if not isinstance(session, Session):
-            return session
-        if not session.can("audit:read"):
+        if isinstance(session, Session) and not session.can("audit:read"):
             return forbidden(request, session, "The decision explorer needs a key with the "
                                                "audit:read (or admin) scope.")
+        return session
+
+    @router.get("/decisions")
+    async def decisions(request: Request) -> Response:
+        session = await auditor(request)
+        if not isinstance(session, Session):
+            return session
         q = {k: request.query_params.get(k, "").strip() for k in (
             "verdict", "tool", "bucket", "environment", "since", "until", "kind", "cursor")}
         error = None
@@ -369,12 +374,9 @@ def build_router(state: dict[str, Any], settings: ConsoleSettings) -> APIRouter:
 
     @router.get("/decisions/{request_id}")
     async def decision_detail(request: Request, request_id: str) -> Response:
-        session = await signed_in(request)
+        session = await auditor(request)
         if not isinstance(session, Session):
             return session
-        if not session.can("audit:read"):
-            return forbidden(request, session, "The decision explorer needs a key with the "
-                                               "audit:read (or admin) scope.")
         tenant = session.key.tenant_id
         record = await run_in_threadpool(ledger.get, state["store"], tenant, request_id)
         if record is None:
