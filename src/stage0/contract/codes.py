@@ -59,6 +59,10 @@ class CodeSpec:
             Issue(self.code, self.severity, self.message, self.pro_effect, self.remediation),
         ))
 
+    def default_issue(self, pro: bool) -> Issue:
+        """The issue with the catalogue message (``issue(None, pro=pro)``)."""
+        return self._default[pro]
+
     def issue(self, message: str | None = None, *, pro: bool = False) -> Issue:
         """Make an issue of this code, with the effect the plan gives it."""
         if not message:

@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 
-from stage0.contract.codes import CODES, CodeSpec
-from stage0.contract.issues import Issue
+from stage0.contract.codes import CODES
 from stage0.contract.request import CheckRequest, parse_request
 from stage0.engine import checks
 from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
@@ -368,22 +367,6 @@ def _risk(f: Facts, policy: CompiledPolicy, guarded: bool) -> int:
     return max(0, min(100, score))
 
 
-def _questions(
-    specs: list[CodeSpec], issues: list[Issue], extra: list[str]
-) -> tuple[list[str], list[str]]:
-    defer: list[str] = []
-    clarifying: list[str] = []
-    for spec, issue in zip(specs, issues, strict=True):
-        if spec.question is None:
-            continue
-        if issue.effect == "DEFER":
-            defer.append(spec.question)
-        elif issue.effect == "NONE":
-            clarifying.append(spec.question)
-    clarifying.extend(extra)
-    return list(dict.fromkeys(clarifying)), list(dict.fromkeys(defer))
-
-
 def _respond(
     out: Findings,
     f: Facts,
@@ -399,40 +382,67 @@ def _respond(
     issues = out.issues
     verdict, decision = combine(issues)
     risk = _risk(f, policy, bool(guardrails))
-    clarifying, defer = _questions(out.specs, issues, out.clarifying)
     version = policy.policy_version
-    if issues:
-        reason = "; ".join(f"{i.code}: {i.message}" for i in issues)
-    else:
-        reason = f"All checks passed under {version}"
-    by_effect: dict[str, list[str]] = {"DENY": [], "DEFER": [], "NONE": []}
-    for i in issues:
-        by_effect[i.effect].append(i.code)
-    trace = [f"{verdict}/{decision} under {version}"]
-    for label, effect in (("deny", "DENY"), ("defer", "DEFER"), ("advisory", "NONE")):
-        if by_effect[effect]:
-            trace.append(f"{label}: {', '.join(by_effect[effect])}")
+    # One pass over the issues: their JSON form, the reason, the trace's codes by effect and the
+    # questions (a spec's question goes with its issue's effect: DEFER, or NONE for clarifying).
+    issue_dicts: list[dict[str, str]] = []
+    reasons: list[str] = []
+    deny: list[str] = []
+    defer: list[str] = []
+    advisory: list[str] = []
+    defer_questions: list[str] = []
+    clarifying: list[str] = []
+    for spec, i in zip(out.specs, issues, strict=True):
+        code, message, effect = i.code, i.message, i.effect
+        issue_dicts.append({"code": code, "severity": i.severity, "message": message,
+                            "effect": effect, "remediation": i.remediation})
+        reasons.append(f"{code}: {message}")
+        if effect == "DENY":
+            deny.append(code)
+        elif effect == "DEFER":
+            defer.append(code)
+            if spec.question is not None:
+                defer_questions.append(spec.question)
+        elif effect == "NONE":
+            advisory.append(code)
+            if spec.question is not None:
+                clarifying.append(spec.question)
+        else:
+            raise KeyError(effect)
+    if out.clarifying:
+        clarifying.extend(out.clarifying)
+    reason = "; ".join(reasons) if issues else f"All checks passed under {version}"
+    trace = f"{verdict}/{decision} under {version}"
+    if deny:
+        trace += "; deny: " + ", ".join(deny)
+    if defer:
+        trace += "; defer: " + ", ".join(defer)
+    if advisory:
+        trace += "; advisory: " + ", ".join(advisory)
     if f.buckets:
-        trace.append(f"buckets: {', '.join(f.buckets)}")
-    trace.append(f"risk {risk}")
-    out.checks.setdefault("approval", {"required": False, "satisfied": True, "verified": False})
+        trace += "; buckets: " + ", ".join(f.buckets)
+    trace += f"; risk {risk}"
+    checks = out.checks
+    if "approval" not in checks:
+        checks["approval"] = {"required": False, "satisfied": True, "verified": False}
+    extra = f.request.model_extra
     return {
         "verdict": verdict,
         "decision": decision,
         "request_id": rid,
         "policy_version": version,
         "policy_pack_version": version,
-        "issues": [i.to_dict() for i in issues],
+        "issues": issue_dicts,
         "reason": reason,
         "risk_score": risk,
         "high_risk": bool(f.buckets) or risk >= policy.risk.high_risk_threshold,
-        "clarifying_questions": clarifying,
-        "defer_questions": defer,
+        "clarifying_questions": list(dict.fromkeys(clarifying)) if clarifying else clarifying,
+        "defer_questions": list(dict.fromkeys(defer_questions)) if defer_questions else [],
         "guardrails": list(guardrails),
-        "guardrail_checks": out.checks,
+        "guardrail_checks": checks,
         "value_findings": out.value_findings,
         "cost_estimate": dict(cost_estimate) if cost_estimate is not None else None,
-        "decision_trace_summary": "; ".join(trace),
+        "decision_trace_summary": trace,
         "timestamp": now.timestamp(),
         "evaluated_at": at.timestamp(),
         "cached": False,
@@ -441,6 +451,6 @@ def _respond(
         "input_sha256": input_sha256,
         "policy_sha256": policy.sha256,
         "buckets": list(f.buckets),
-        "ignored_fields": f.request.unknown_fields,
+        "ignored_fields": sorted(extra) if extra else [],
         "shadow_issues": out.shadow,
     }

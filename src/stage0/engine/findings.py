@@ -42,13 +42,14 @@ class Findings:
         self.add_spec(CODES[code], message)
 
     def add_spec(self, spec: CodeSpec, message: str | None = None) -> None:
-        issue = spec.issue(message, pro=self.pro)
-        i = self._at.get(issue.code)
+        issue = spec.issue(message, pro=self.pro) if message else spec.default_issue(self.pro)
+        code = spec.code
+        i = self._at.get(code)
         if i is not None:
             if _RANK[issue.effect] > _RANK[self.issues[i].effect]:
                 self.issues[i] = issue
             return
-        self._at[issue.code] = len(self.issues)
+        self._at[code] = len(self.issues)
         self.issues.append(issue)
         self.specs.append(spec)
 

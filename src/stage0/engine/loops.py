@@ -32,96 +32,106 @@ def check_loops(
 ) -> dict[str, Any] | None:
     """Apply the loop limits; return a cost estimate when a cost is known."""
     ctx = f.context
+    run_id = ctx.run_id
     snap: RunSnapshot | None = None
-    if ctx.run_id is not None and run_state is not None:
+    if run_id is not None and run_state is not None:
         snap = run_state.observe(
-            f.tenant, ctx.run_id, at=f.at, tool=f.call_tool, cost_usd=ctx.cost_usd or 0.0
+            f.tenant, run_id, at=f.at, tool=f.call_tool, cost_usd=ctx.cost_usd or 0.0
         )
-    sources: dict[str, str | None] = {}
 
     iteration: int | None = ctx.current_iteration
-    sources["iteration"] = "client" if iteration is not None else None
-    if iteration is None and snap is not None:
-        iteration, sources["iteration"] = snap.iterations, "run_state"
+    iteration_source: str | None = None
+    if iteration is not None:
+        iteration_source = "client"
+    elif snap is not None:
+        iteration, iteration_source = snap.iterations, "run_state"
 
     elapsed: float | None = ctx.elapsed_seconds
-    sources["elapsed_seconds"] = "client" if elapsed is not None else None
-    if elapsed is None and snap is not None:
-        elapsed = max(0.0, (f.at - snap.first_seen).total_seconds())
-        sources["elapsed_seconds"] = "run_state"
-
-    recent: tuple[str, ...] | None = None
-    if ctx.recent_tools is not None:
-        recent = tuple(normalize_name(t) for t in ctx.recent_tools)
-        sources["recent_tools"] = "client"
+    elapsed_source: str | None = None
+    if elapsed is not None:
+        elapsed_source = "client"
     elif snap is not None:
-        recent, sources["recent_tools"] = snap.recent_tools, "run_state"
-    else:
-        sources["recent_tools"] = None
-    if ctx.current_tool or not f.tools:
-        same_tool, same = f.call_tool, _trailing_same(recent or (), f.call_tool)
-    else:
+        elapsed = max(0.0, (f.at - snap.first_seen).total_seconds())
+        elapsed_source = "run_state"
+
+    recent: tuple[str, ...] = ()
+    recent_source: str | None = None
+    if ctx.recent_tools is not None:
+        recent = tuple(map(normalize_name, ctx.recent_tools))
+        recent_source = "client"
+    elif snap is not None:
+        recent, recent_source = snap.recent_tools, "run_state"
+    tools = f.tools
+    if ctx.current_tool or not tools:
+        same_tool, same = f.call_tool, _trailing_same(recent, f.call_tool)
+    elif recent and recent[-1] in tools:
         # No current_tool: every tool of the call counts, so reordering `tools` cannot hide a
-        # repeated call.
-        same, same_tool = max((_trailing_same(recent or (), t), t) for t in f.tools)
+        # repeated call. Only the last recent tool can be repeated (count above 1).
+        same_tool = recent[-1]
+        same = _trailing_same(recent, same_tool)
+    else:
+        same, same_tool = 1, max(tools)  # every tool counts 1; ties go to the greatest name
 
     cost: float | None = ctx.cumulative_cost_usd
-    sources["cost_usd"] = "client" if cost is not None else None
-    if cost is None and snap is not None:
-        cost, sources["cost_usd"] = snap.cost_usd, "run_state"
-    elif cost is None and ctx.cost_usd is not None:
-        cost, sources["cost_usd"] = ctx.cost_usd, "client"
+    cost_source: str | None = None
+    if cost is not None:
+        cost_source = "client"
+    elif snap is not None:
+        cost, cost_source = snap.cost_usd, "run_state"
+    elif ctx.cost_usd is not None:
+        cost, cost_source = ctx.cost_usd, "client"
 
     ok = True
-    if g.max_iterations is not None and iteration is not None and iteration > g.max_iterations:
+    max_iterations, timeout, same_limit, max_cost = (
+        g.max_iterations, g.timeout_seconds, g.same_tool_limit, g.max_cost_usd)
+    if max_iterations is not None and iteration is not None and iteration > max_iterations:
         ok = False
         out.add(
             "LOOP_ITERATION_LIMIT",
-            f"Iteration {iteration} exceeds `max_iterations: {g.max_iterations}`",
+            f"Iteration {iteration} exceeds `max_iterations: {max_iterations}`",
         )
-    if g.timeout_seconds is not None and elapsed is not None and elapsed > g.timeout_seconds:
+    if timeout is not None and elapsed is not None and elapsed > timeout:
         ok = False
         out.add(
             "LOOP_TIMEOUT",
-            f"The run has taken {elapsed:g} s, over `timeout_seconds: {g.timeout_seconds:g}`",
+            f"The run has taken {elapsed:g} s, over `timeout_seconds: {timeout:g}`",
         )
-    if g.same_tool_limit is not None and same > g.same_tool_limit:
+    if same_limit is not None and same > same_limit:
         ok = False
         out.add(
             "LOOP_SAME_TOOL_LIMIT",
             f"`{same_tool}` would be call {same} in a row, over `same_tool_limit: "
-            f"{g.same_tool_limit}`",
+            f"{same_limit}`",
         )
-    if g.max_cost_usd is not None and cost is not None and cost > g.max_cost_usd:
+    if max_cost is not None and cost is not None and cost > max_cost:
         ok = False
         out.add(
             "COST_LIMIT_EXCEEDED",
-            f"The run has cost ${cost:g}, over `max_cost_usd: {g.max_cost_usd:g}`",
+            f"The run has cost ${cost:g}, over `max_cost_usd: {max_cost:g}`",
         )
 
     out.checks["loop"] = {
-        "required": any(
-            v is not None
-            for v in (g.max_iterations, g.timeout_seconds, g.same_tool_limit, g.max_cost_usd)
-        ),
+        "required": max_iterations is not None or timeout is not None
+        or same_limit is not None or max_cost is not None,
         "satisfied": ok,
-        "run_id": ctx.run_id,
+        "run_id": run_id,
         "iteration": iteration,
-        "max_iterations": g.max_iterations,
+        "max_iterations": max_iterations,
         "elapsed_seconds": elapsed,
-        "timeout_seconds": g.timeout_seconds,
+        "timeout_seconds": timeout,
         "tool": same_tool,
         "same_tool_count": same,
-        "same_tool_limit": g.same_tool_limit,
+        "same_tool_limit": same_limit,
         "cumulative_cost_usd": cost,
-        "max_cost_usd": g.max_cost_usd,
-        "sources": sources,
+        "max_cost_usd": max_cost,
+        "sources": {"iteration": iteration_source, "elapsed_seconds": elapsed_source,
+                    "recent_tools": recent_source, "cost_usd": cost_source},
     }
     if cost is None:
         return None
     return {
         "cumulative_cost_usd": cost,
-        "max_cost_usd": g.max_cost_usd,
-        "remaining_usd": None if g.max_cost_usd is None else max(0.0, g.max_cost_usd - cost),
-        "source": sources["cost_usd"],
+        "max_cost_usd": max_cost,
+        "remaining_usd": None if max_cost is None else max(0.0, max_cost - cost),
+        "source": cost_source,
     }
