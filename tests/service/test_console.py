@@ -161,8 +161,18 @@ def test_sessions_expire_end_on_sign_out_and_with_their_key(api: Api) -> None:
     assert replay.client.get("/console/inbox", follow_redirects=False).status_code == 303
 
     assert console.sign_in(people.bob_key).status_code == 303
+    # signing in again from a browser that holds a session replaces it
+    again = _console(api)
+    form = again.client.get("/console/login").text
+    again.client.cookies.set("stage0_session", str(console.client.cookies.get("stage0_session")),
+                             path="/console")
+    assert again.client.post("/console/login", follow_redirects=False, data={
+        "api_key": people.bob_key, "csrf_token": _field(form, "csrf_token")}).status_code == 303
+    with api.store.connect() as conn:
+        assert len(list(conn.execute(select(console_sessions)))) == 1
+    assert again.client.get("/console/inbox", follow_redirects=False).status_code == 200
     revoke_key(api.store, people.bob.id)
-    assert console.client.get("/console/inbox", follow_redirects=False).status_code == 303
+    assert again.client.get("/console/inbox", follow_redirects=False).status_code == 303
 
 
 # -- approving ----------------------------------------------------------------------------------

@@ -198,6 +198,8 @@ def build_router(state: dict[str, Any], settings: ConsoleSettings) -> APIRouter:
                 request, 403,
                 f"The key `{key.name}` (scopes: {', '.join(key.scopes) or 'none'}) cannot sign "
                 "in: the console needs a key with the approve, audit:read or admin scope.")
+        if request.cookies.get(COOKIE):  # signing in again replaces the previous session
+            await run_in_threadpool(close_session, state["store"], request.cookies[COOKIE])
         token, _ = await run_in_threadpool(open_session, state["store"], key,
                                            settings.session_ttl_s)
         response = RedirectResponse(base(request) + "/inbox", 303, headers=SECURITY_HEADERS)
