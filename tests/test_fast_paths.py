@@ -71,3 +71,33 @@ def test_a_mutated_response_does_not_change_the_next_decision() -> None:
     assert second.body == fresh
     assert b"tampered" not in expected
     assert b"tampered" not in second.to_json()
+
+
+def test_the_digest_of_presorted_names_is_the_action_digest() -> None:
+    from stage0.engine.digest import action_digest, sorted_action_digest  # noqa: PLC0415
+
+    for arguments in (None, {}, {"n": 1, "k": ["a", None, True]}, {"x": 1.5}, {"é": 2, "z": [1.25]}):
+        for targets in (None, "one", ["b", "a", "b"], []):
+            tools, effects = ["slack", "argo_cd", "slack"], ["write"]
+            expected = action_digest(tools=tools, side_effects=effects, arguments=arguments,
+                                     environment="prod", resource_scope=None,
+                                     target_resources=targets)
+            assert sorted_action_digest(("argo_cd", "slack"), ("write",), arguments, "prod",
+                                        None, targets) == expected
+
+
+def test_in_memory_run_state_keeps_the_last_tools() -> None:
+    from stage0.engine.runstate import RECENT_TOOLS_KEPT, InMemoryRunState  # noqa: PLC0415
+    from stage0.testing import parse_instant  # noqa: PLC0415
+
+    state = InMemoryRunState()
+    at = parse_instant(WEEKDAY_10)
+    snaps = [state.observe("t", "r", at=at, tool=f"tool{i}" if i % 7 else None, cost_usd=0.5)
+             for i in range(RECENT_TOOLS_KEPT * 2)]
+    called = [f"tool{i}" for i in range(RECENT_TOOLS_KEPT * 2) if i % 7]
+    last = snaps[-1]
+    assert last.iterations == RECENT_TOOLS_KEPT * 2
+    assert last.cost_usd == 0.5 * RECENT_TOOLS_KEPT * 2
+    assert last.recent_tools == tuple(called[:-1][-RECENT_TOOLS_KEPT:])
+    assert snaps[1].recent_tools == ()
+    assert snaps[2].recent_tools == ("tool1",)

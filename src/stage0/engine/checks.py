@@ -171,22 +171,23 @@ def check_change_windows(out: Findings, f: Facts, g: Guardrails, policy: Compile
             )
             results.append({"name": name, "defined": False, "open": False})
             continue
+        schedule = window.describe()
         if window.contains(f.at):
-            results.append({"name": name, "open": True, "schedule": window.describe()})
+            results.append({"name": name, "open": True, "schedule": schedule})
             continue
         opening = window.next_open(f.at)
         opens = _iso(opening)
         if out.lift("OUTSIDE_CHANGE_WINDOW"):
-            results.append({"name": name, "open": False, "schedule": window.describe(),
+            results.append({"name": name, "open": False, "schedule": schedule,
                             "next_open": opens, "lifted_by": out.break_glass.approval_id})
             continue
         out.add(
             "OUTSIDE_CHANGE_WINDOW",
-            f"{_iso(f.at)} is outside change window `{name}` ({window.describe()}); "
+            f"{_iso(f.at)} is outside change window `{name}` ({schedule}); "
             f"it next opens at {opens}",
         )
         results.append(
-            {"name": name, "open": False, "schedule": window.describe(), "next_open": opens,
+            {"name": name, "open": False, "schedule": schedule, "next_open": opens,
              "next_window_opens_at": opens,
              "retry_after_seconds": max(1, int((opening - f.at).total_seconds() + 0.999))}
         )

@@ -63,20 +63,37 @@ def action_digest(
     Tools and side effects are normalised, de-duplicated and sorted (they are declared sets);
     target resources are sorted. Volatile counters (iterations, elapsed, cost) are not part of it.
     """
+    return sorted_action_digest(
+        sorted(set(tools)), sorted(set(side_effects)), arguments, environment, resource_scope,
+        target_resources,
+    )
+
+
+def sorted_action_digest(
+    tools: Sequence[str],
+    side_effects: Sequence[str],
+    arguments: Mapping[str, Any] | None,
+    environment: str | None,
+    resource_scope: str | None,
+    target_resources: Sequence[str] | str | None,
+) -> str:
+    """:func:`action_digest` of tools and side effects already de-duplicated and sorted (the
+    engine's classification keeps them so, once per distinct list)."""
     if isinstance(target_resources, str):
         targets: list[str] = [target_resources]
     else:
-        targets = sorted(set(target_resources or ()))
+        targets = sorted(set(target_resources)) if target_resources else []
     action = {
-        "tools": sorted(set(tools)),
-        "side_effects": sorted(set(side_effects)),
+        "tools": tools,
+        "side_effects": side_effects,
         "arguments": dict(arguments) if arguments else {},
         "environment": environment,
         "resource_scope": resource_scope,
         "target_resources": targets,
     }
     # Every part but `arguments` is a string, a list of strings or null by validation, so only
-    # the arguments decide whether the fast path is exact.
+    # the arguments decide whether the fast path is exact. orjson writes a tuple as an array.
     if not arguments or _fast_safe(action["arguments"]):
         return sha256_hex(orjson.dumps(action, option=orjson.OPT_SORT_KEYS))
+    action["tools"], action["side_effects"] = list(tools), list(side_effects)
     return sha256_hex(bytes(rfc8785.dumps(action)))

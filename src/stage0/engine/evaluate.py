@@ -21,7 +21,7 @@ from stage0.engine import checks
 from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
 from stage0.engine.combine import combine
 from stage0.engine.constraints import ConstraintParser
-from stage0.engine.digest import action_digest, canonical_json, sha256_hex
+from stage0.engine.digest import canonical_json, sha256_hex, sorted_action_digest
 from stage0.engine.facts import Classifier, Facts, derive_facts
 from stage0.engine.findings import Findings
 from stage0.engine.loops import check_loops
@@ -207,21 +207,20 @@ class Engine:
         tenant: str,
         input_sha256: str,
     ) -> dict[str, Any]:
+        classify = self._classify
         f = derive_facts(
             request,
             policy,
             at=at,
             tenant=tenant,
-            classification=self._classify(request) if self._classify is not None else None,
+            classification=classify(request) if classify is not None else None,
+            classifier=classify,
         )
         ctx = f.context
-        digest = action_digest(
-            tools=f.tools,
-            side_effects=f.side_effects,
-            arguments=request.arguments,
-            environment=f.environment,
-            resource_scope=ctx.resource_scope,
-            target_resources=ctx.target_resources,
+        c = f.classification
+        digest = sorted_action_digest(
+            c.sorted_tools, c.sorted_side_effects, request.arguments, f.environment,
+            ctx.resource_scope, ctx.target_resources,
         )
         out = Findings(f.pro)
         pin = request.policy_pack_version
@@ -327,7 +326,12 @@ def _custom_rules(
     data: dict[str, Any] | None = None
     ctx = f.context
     for rule in policy.rules_for(f.tools, f.buckets):
-        if not all(getattr(ctx, key, None) is not None for key in rule.when_context):
+        missing = False
+        for key in rule.when_context:  # a loop, not all(<generator>): this runs per rule
+            if getattr(ctx, key, None) is None:
+                missing = True
+                break
+        if missing:
             continue
         if data is None:
             data = {

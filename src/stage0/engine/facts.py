@@ -36,6 +36,7 @@ class Facts:
     base_risk: int
     call_tool: str | None
     """The tool this call runs: ``context.current_tool``, else the first of ``tools``."""
+    classification: Classification
 
 
 def _unique(items: list[str]) -> tuple[str, ...]:
@@ -53,6 +54,9 @@ class Classification:
     sensitive_tools: tuple[str, ...]
     base_risk: int
     """Risk from the names alone: buckets, write-class effects, sensitive tools."""
+    sorted_tools: tuple[str, ...] = ()
+    sorted_side_effects: tuple[str, ...] = ()
+    """Both sorted, as the action digest takes them."""
 
 
 def classify(
@@ -78,7 +82,8 @@ def classify(
         risk += policy.risk.write_side_effect
     if sensitive:
         risk += policy.risk.sensitive_tool
-    return Classification(tools, effects, bucket_names, tuple(write), tuple(sensitive), risk)
+    return Classification(tools, effects, bucket_names, tuple(write), tuple(sensitive), risk,
+                          tuple(sorted(tools)), tuple(sorted(effects)))
 
 
 class Classifier:
@@ -87,6 +92,7 @@ class Classifier:
     def __init__(self, policy: CompiledPolicy, limit: int = 4096) -> None:
         self._policy = policy
         self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Classification] = {}
+        self._environments: dict[str, tuple[str | None, bool]] = {}
         self._limit = limit
 
     def __call__(self, request: CheckRequest) -> Classification:
@@ -98,6 +104,21 @@ class Classifier:
                 self._cache[key] = hit
         return hit
 
+    def environment(self, environment: str) -> tuple[str | None, bool]:
+        """(normalised key or ``None`` when blank, whether it is production) for a non-empty
+        environment name, cached per distinct name."""
+        hit = self._environments.get(environment)
+        if hit is None:
+            hit = _environment(environment, self._policy)
+            if len(self._environments) < self._limit:
+                self._environments[environment] = hit
+        return hit
+
+
+def _environment(environment: str, policy: CompiledPolicy) -> tuple[str | None, bool]:
+    key = normalize_name(environment) or None
+    return key, key is not None and policy.is_production(key)
+
 
 def derive_facts(
     request: CheckRequest,
@@ -106,16 +127,25 @@ def derive_facts(
     at: datetime,
     tenant: str,
     classification: Classification | None = None,
+    classifier: Classifier | None = None,
 ) -> Facts:
+    """``classification`` and ``classifier`` are the cached forms of what is otherwise
+    derived here from the policy."""
     ctx = request.context or _EMPTY_CONTEXT
     c = classification or classify(
         policy, tuple(request.tools or ()), tuple(request.side_effects or ())
     )
     tools = c.tools
     environment = ctx.environment if ctx.environment is not None else request.environment
-    env_key = (normalize_name(environment) or None) if environment else None
-    if env_key is None:
-        environment = None  # blank or punctuation only: no environment was given
+    if environment:
+        env_key, is_production = (
+            classifier.environment(environment) if classifier is not None
+            else _environment(environment, policy)
+        )
+        if env_key is None:
+            environment = None  # blank or punctuation only: no environment was given
+    else:
+        env_key, is_production, environment = None, False, None
 
     if ctx.current_tool:
         call_tool: str | None = normalize_name(ctx.current_tool)
@@ -132,10 +162,11 @@ def derive_facts(
         c.side_effects,  # side_effects
         environment,  # environment
         env_key,  # environment_key
-        env_key is not None and policy.is_production(env_key),  # is_production
+        is_production,  # is_production
         c.buckets,  # buckets
         c.write_effects,  # write_effects
         c.sensitive_tools,  # sensitive_tools
         c.base_risk,  # base_risk
         call_tool,  # call_tool
+        c,  # classification
     )

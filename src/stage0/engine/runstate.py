@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -36,7 +35,8 @@ class RunState(Protocol):
 class _Run:
     iterations: int
     first_seen: datetime
-    tools: deque[str]
+    tools: tuple[str, ...]
+    """The last :data:`RECENT_TOOLS_KEPT` tools, oldest first (a tuple: the snapshot shares it)."""
     cost_usd: float
 
 
@@ -57,11 +57,12 @@ class InMemoryRunState:
             if run is None:
                 if len(self._runs) >= self._max_runs:
                     self._runs.pop(next(iter(self._runs)))  # evict the oldest run
-                run = _Run(0, at, deque(maxlen=RECENT_TOOLS_KEPT), 0.0)
+                run = _Run(0, at, (), 0.0)
                 self._runs[key] = run
-            earlier = tuple(run.tools)
+            earlier = run.tools
             run.iterations += 1
             run.cost_usd += cost_usd
             if tool is not None:
-                run.tools.append(tool)
+                tools = (*earlier, tool)
+                run.tools = tools[-RECENT_TOOLS_KEPT:] if len(tools) > RECENT_TOOLS_KEPT else tools
             return RunSnapshot(run.iterations, run.first_seen, earlier, run.cost_usd)
