@@ -1,7 +1,7 @@
 """Break-glass approvals: the approval kind and the declarer's reason.
 
 Revision ID: 0006
-Revises: 0004 (a branch beside 0005 until both have landed; `upgrade heads` applies both)
+Revises: 0005
 Create Date: 2026-11-24
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
