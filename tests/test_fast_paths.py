@@ -76,7 +76,8 @@ def test_a_mutated_response_does_not_change_the_next_decision() -> None:
 def test_the_digest_of_presorted_names_is_the_action_digest() -> None:
     from stage0.engine.digest import action_digest, sorted_action_digest  # noqa: PLC0415
 
-    for arguments in (None, {}, {"n": 1, "k": ["a", None, True]}, {"x": 1.5}, {"é": 2, "z": [1.25]}):
+    for arguments in (None, {}, {"n": 1, "k": ["a", None, True]}, {"x": 1.5},
+                      {"é": 2, "z": [1.25]}):
         for targets in (None, "one", ["b", "a", "b"], []):
             tools, effects = ["slack", "argo_cd", "slack"], ["write"]
             expected = action_digest(tools=tools, side_effects=effects, arguments=arguments,

@@ -112,12 +112,12 @@ def check_role(out: Findings, f: Facts, g: Guardrails) -> None:
     elif normalize_name(role) not in g.roles:
         out.add(
             "ROLE_NOT_AUTHORIZED",
-            f"Role `{role}` is not one of " + ", ".join(f"`{r}`" for r in sorted(g.roles)),
+            f"Role `{role}` is not one of " + ", ".join(f"`{r}`" for r in g.sorted_roles),
         )
     else:
         satisfied = True
     out.checks["role"] = {
-        "required": sorted(g.roles),
+        "required": list(g.sorted_roles),
         "actor_role": role,
         "satisfied": satisfied,
     }
@@ -136,18 +136,17 @@ def check_environment(
         if f.environment_key is None:
             satisfied = False
             out.add("ENVIRONMENT_UNSPECIFIED")
-        elif allowed is not None:
-            canonical_allowed = {_canonical_env(a, policy) for a in allowed}
-            if _canonical_env(f.environment_key, policy) not in canonical_allowed:
-                satisfied = False
-                out.add(
-                    "ENVIRONMENT_NOT_ALLOWED",
-                    f"Environment `{f.environment}` is not one of "
-                    + ", ".join(f"`{e}`" for e in sorted(allowed)),
-                )
+        elif (allowed is not None
+              and _canonical_env(f.environment_key, policy) not in g.canonical_environments):
+            satisfied = False
+            out.add(
+                "ENVIRONMENT_NOT_ALLOWED",
+                f"Environment `{f.environment}` is not one of "
+                + ", ".join(f"`{e}`" for e in g.sorted_environments),
+            )
     out.checks["environment"] = {
         "required": allowed is not None or req.environment_required,
-        "allowed": sorted(allowed) if allowed is not None else None,
+        "allowed": list(g.sorted_environments) if allowed is not None else None,
         "value": f.environment,
         "production": f.is_production,
         "satisfied": satisfied,
@@ -340,7 +339,7 @@ def check_mcp_servers(out: Findings, f: Facts, g: Guardrails) -> None:
             "Active MCP servers not in the allowlist: " + ", ".join(f"`{s}`" for s in extra),
         )
     out.checks["mcp"] = {
-        "allowed": sorted(g.mcp_servers),
+        "allowed": list(g.sorted_mcp_servers),
         "active": active,
         "satisfied": not extra,
     }

@@ -26,6 +26,11 @@ def combine(issues: Iterable[Issue]) -> tuple[Verdict, Decision]:
             deny = True
         elif issue.effect == "DEFER":
             defer = True
+    return combine_flags(error, deny, defer)
+
+
+def combine_flags(error: bool, deny: bool, defer: bool) -> tuple[Verdict, Decision]:
+    """The table's rows, for a caller that has already looked at the issues."""
     if error:
         return "DENY", "ERROR"
     if deny:

@@ -61,6 +61,11 @@ class Guardrails:
     max_cost_usd: float | None = None
     read_only: bool = False
     clears_sensitive: bool = False
+    sorted_roles: tuple[str, ...] = ()
+    sorted_environments: tuple[str, ...] = ()
+    canonical_environments: frozenset[str] = frozenset()
+    """``environments`` with the pack's production names folded to ``production``."""
+    sorted_mcp_servers: tuple[str, ...] = ()
     requirements: dict[tuple[tuple[str, ...], bool], Any] = field(
         default_factory=dict, repr=False, compare=False)
     """Cache of :func:`stage0.engine.checks.requirements` for these guardrails, by bucket list
@@ -181,6 +186,16 @@ class ConstraintParser:
             _apply(g, parsed)
             if parsed.key in self._policy.sensitive_cleared_by:
                 g.clears_sensitive = True
+        # Derived once per constraint list rather than on every decision.
+        production = self._policy.production_environments
+        if g.roles is not None:
+            g.sorted_roles = tuple(sorted(g.roles))
+        if g.environments is not None:
+            g.sorted_environments = tuple(sorted(g.environments))
+            g.canonical_environments = frozenset(
+                "production" if e in production else e for e in g.environments)
+        if g.mcp_servers is not None:
+            g.sorted_mcp_servers = tuple(sorted(g.mcp_servers))
         return g
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from stage0.contract.codes import CODES
+from stage0.contract.codes import CODES, ERROR_CODES
 from stage0.contract.request import CheckRequest, parse_request
 from stage0.engine import checks
 from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
-from stage0.engine.combine import combine
+from stage0.engine.combine import combine_flags
 from stage0.engine.constraints import ConstraintParser
 from stage0.engine.digest import canonical_json, sha256_hex, sorted_action_digest
 from stage0.engine.facts import Classifier, Facts, derive_facts
@@ -99,6 +99,7 @@ class Engine:
         self.approvals = approvals
         self._clock = clock
         self._ids = ids
+        self._version = policy.policy_version if policy is not None else "none"
         self._parser = ConstraintParser(policy) if policy is not None else None
         self._classify = Classifier(policy) if policy is not None else None
         self._goals: dict[str, tuple[str, ...]] = {}
@@ -262,7 +263,8 @@ class Engine:
         report_break_glass(out)
 
         return _respond(
-            out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate
+            out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate,
+            self._version,
         )
 
     def _failed(
@@ -360,17 +362,6 @@ def _custom_rules(
             out.add_spec(rule.spec)
 
 
-def _risk(f: Facts, policy: CompiledPolicy, guarded: bool) -> int:
-    """Deterministic 0..100: the names' base risk (buckets, write-class effects, sensitive tools,
-    see :func:`~stage0.engine.facts.classify`) plus missing guardrails and production."""
-    score = f.base_risk
-    if f.write_effects and not guarded:
-        score += policy.risk.missing_guardrails
-    if f.is_production:
-        score += policy.risk.production_environment
-    return max(0, min(100, score))
-
-
 def _respond(
     out: Findings,
     f: Facts,
@@ -382,13 +373,12 @@ def _respond(
     digest: str,
     guardrails: list[str],
     cost_estimate: Mapping[str, Any] | None,
+    version: str,
 ) -> dict[str, Any]:
     issues = out.issues
-    verdict, decision = combine(issues)
-    risk = _risk(f, policy, bool(guardrails))
-    version = policy.policy_version
-    # One pass over the issues: their JSON form, the reason, the trace's codes by effect and the
-    # questions (a spec's question goes with its issue's effect: DEFER, or NONE for clarifying).
+    # One pass over the issues: their JSON form, the reason, the trace's codes by effect, the
+    # questions (a spec's question goes with its issue's effect: DEFER, or NONE for clarifying)
+    # and the flags of the combining table.
     issue_dicts: list[dict[str, str]] = []
     reasons: list[str] = []
     deny: list[str] = []
@@ -396,11 +386,14 @@ def _respond(
     advisory: list[str] = []
     defer_questions: list[str] = []
     clarifying: list[str] = []
+    error = False
     for spec, i in zip(out.specs, issues, strict=True):
         code, message, effect = i.code, i.message, i.effect
         issue_dicts.append({"code": code, "severity": i.severity, "message": message,
                             "effect": effect, "remediation": i.remediation})
         reasons.append(f"{code}: {message}")
+        if code in ERROR_CODES:
+            error = True
         if effect == "DENY":
             deny.append(code)
         elif effect == "DEFER":
@@ -413,6 +406,15 @@ def _respond(
                 clarifying.append(spec.question)
         else:
             raise KeyError(effect)
+    verdict, decision = combine_flags(error, bool(deny), bool(defer))
+    # Risk, deterministic 0..100: the names' base risk (buckets, write-class effects, sensitive
+    # tools, see :func:`~stage0.engine.facts.classify`) plus missing guardrails and production.
+    risk = f.base_risk
+    if f.write_effects and not guardrails:
+        risk += policy.risk.missing_guardrails
+    if f.is_production:
+        risk += policy.risk.production_environment
+    risk = max(0, min(100, risk))
     if out.clarifying:
         clarifying.extend(out.clarifying)
     reason = "; ".join(reasons) if issues else f"All checks passed under {version}"

@@ -39,11 +39,19 @@ class Findings:
         return True
 
     def add(self, code: str, message: str | None = None) -> None:
-        self.add_spec(CODES[code], message)
+        spec = CODES[code]
+        if message:  # spec.issue(message, pro=self.pro), without the extra call
+            self._put(spec, Issue(spec.code, spec.severity, message,
+                                  spec.pro_effect if self.pro else spec.effect, spec.remediation))
+        else:
+            self._put(spec, spec.default_issue(self.pro))
 
     def add_spec(self, spec: CodeSpec, message: str | None = None) -> None:
-        issue = spec.issue(message, pro=self.pro) if message else spec.default_issue(self.pro)
-        code = spec.code
+        self._put(spec, spec.issue(message, pro=self.pro) if message
+                  else spec.default_issue(self.pro))
+
+    def _put(self, spec: CodeSpec, issue: Issue) -> None:
+        code = issue.code
         i = self._at.get(code)
         if i is not None:
             if _RANK[issue.effect] > _RANK[self.issues[i].effect]:
