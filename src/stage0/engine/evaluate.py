@@ -237,25 +237,37 @@ class Engine:
         g = parser.parse(constraints)
         req = checks.requirements(f, g, policy)
 
+        # The checks run in a fixed order. A check that has nothing to look at (no such
+        # guardrail or requirement) writes nothing, so it is not called at all: the guards below
+        # are the checks' own first lines, here to save a call per check on every decision.
         checks.check_constraints_valid(out, g)
         checks.check_side_effects(out, f, g, constraints_empty=not constraints)
-        checks.check_sensitive_tools(out, f, g)
+        if f.sensitive_tools:
+            checks.check_sensitive_tools(out, f, g)
         check_approval(  # positional: keyword arguments cost a microsecond here
             out, policy, req.approval, req.verified_only, req.approval_sources,
             ctx.approval_status, ctx.approval_id, ctx.approved_at, at, tenant, digest,
             self.approvals,
         )
-        checks.check_role(out, f, g)
+        if g.roles is not None:
+            checks.check_role(out, f, g)
         checks.check_environment(out, f, g, req, policy)
-        checks.check_change_windows(out, f, g, policy)
+        if g.windows:
+            checks.check_change_windows(out, f, g, policy)
         if policy.freezes:
             checks.check_freezes(out, f, policy)
-        checks.check_rollback(out, f, req)
-        checks.check_mfa(out, f, req, policy)
-        checks.check_ticket(out, f, req)
-        checks.check_records(out, f, g)
-        checks.check_resource_scope(out, f, g)
-        checks.check_mcp_servers(out, f, g)
+        if req.rollback:
+            checks.check_rollback(out, f, req)
+        if req.mfa:
+            checks.check_mfa(out, f, req, policy)
+        if req.ticket:
+            checks.check_ticket(out, f, req)
+        if g.max_records is not None:
+            checks.check_records(out, f, g)
+        if g.scopes:
+            checks.check_resource_scope(out, f, g)
+        if g.mcp_servers is not None:
+            checks.check_mcp_servers(out, f, g)
         cost_estimate = check_loops(out, f, g, self.run_state)
         checks.check_task_clarity(out, f, self._goal_problems(request.goal, policy))
         if policy.rules:
