@@ -102,3 +102,24 @@ def test_in_memory_run_state_keeps_the_last_tools() -> None:
     assert last.recent_tools == tuple(called[:-1][-RECENT_TOOLS_KEPT:])
     assert snaps[1].recent_tools == ()
     assert snaps[2].recent_tools == ("tool1",)
+
+
+def test_trailing_same_counts_the_run_of_the_last_tool() -> None:
+    from stage0.engine.loops import _trailing_same  # noqa: PLC0415
+
+    def slow(recent: tuple[str, ...], tool: str | None) -> int:
+        if tool is None:
+            return 0
+        count = 1
+        for earlier in reversed(recent):
+            if earlier != tool:
+                break
+            count += 1
+        return count
+
+    cases = [(), ("a",), ("b",), ("a", "a"), ("b", "a"), ("a", "b"), ("a",) * 50,
+             ("b",) + ("a",) * 49, ("a", "b", "a", "a"), ("a", "a", "b")]
+    for recent in cases:
+        for tool in (None, "a", "b", "c"):
+            assert _trailing_same(recent, tool) == slow(recent, tool), (recent, tool)
+            assert _trailing_same(list(recent), tool) == slow(recent, tool), (recent, tool)

@@ -17,8 +17,15 @@ from stage0.policy.matching import normalize_name
 
 
 def _trailing_same(recent: tuple[str, ...] | list[str], tool: str | None) -> int:
+    """How many calls in a row ``tool`` would make: this call plus the trailing run of
+    ``recent`` equal to it."""
     if tool is None:
         return 0
+    n = len(recent)
+    if not n or recent[-1] != tool:
+        return 1
+    if recent.count(tool) == n:  # a run calling one tool over and over: counted in C
+        return n + 1
     count = 1  # this call
     for earlier in reversed(recent):
         if earlier != tool:

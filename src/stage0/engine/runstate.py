@@ -63,6 +63,6 @@ class InMemoryRunState:
             run.iterations += 1
             run.cost_usd += cost_usd
             if tool is not None:
-                tools = (*earlier, tool)
-                run.tools = tools[-RECENT_TOOLS_KEPT:] if len(tools) > RECENT_TOOLS_KEPT else tools
+                run.tools = (earlier[1:] if len(earlier) >= RECENT_TOOLS_KEPT else earlier) + (
+                    tool,)
             return RunSnapshot(run.iterations, run.first_seen, earlier, run.cost_usd)
