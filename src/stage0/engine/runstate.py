@@ -10,9 +10,10 @@ from typing import Protocol
 RECENT_TOOLS_KEPT = 50
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunSnapshot:
-    """A run as seen by the server, this check included."""
+    """A run as seen by the server, this check included. Read-only by convention (not
+    ``frozen``: that costs an ``object.__setattr__`` per field on every check of a run)."""
 
     iterations: int
     """Checks seen for the run, this one included."""
