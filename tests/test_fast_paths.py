@@ -123,3 +123,22 @@ def test_trailing_same_counts_the_run_of_the_last_tool() -> None:
         for tool in (None, "a", "b", "c"):
             assert _trailing_same(recent, tool) == slow(recent, tool), (recent, tool)
             assert _trailing_same(list(recent), tool) == slow(recent, tool), (recent, tool)
+
+
+def test_digests_by_names_are_the_digests() -> None:
+    from stage0.engine import digest  # noqa: PLC0415
+
+    cases = [
+        (("a",), (), None, None, None), (("a",), (), "", None, None),
+        (("a", "b"), ("w",), "prod", "s:*", "t1"), (("a", "b"), ("w",), "prod", "s:*", ["t1"]),
+        ((), (), None, None, ["b", "a", "b"]), ((), (), None, None, ()),
+    ]
+    for tools, effects, env, scope, targets in cases:
+        for arguments in (None, {}):
+            fresh = digest._sorted_action_digest(tools, effects, None, env, scope, targets)
+            assert digest.sorted_action_digest(tools, effects, arguments, env, scope,
+                                               targets) == fresh
+            assert digest.sorted_action_digest(tools, effects, arguments, env, scope,
+                                               targets) == fresh
+    with_args = digest.sorted_action_digest(("a",), (), {"k": 1}, None, None, None)
+    assert with_args != digest.sorted_action_digest(("a",), (), None, None, None, None)

@@ -64,14 +64,20 @@ def action_digest(
     target resources are sorted. Volatile counters (iterations, elapsed, cost) are not part of it.
     """
     return sorted_action_digest(
-        sorted(set(tools)), sorted(set(side_effects)), arguments, environment, resource_scope,
-        target_resources,
+        tuple(sorted(set(tools))), tuple(sorted(set(side_effects))), arguments, environment,
+        resource_scope, target_resources,
     )
 
 
+_CACHE_LIMIT = 4096
+_BY_NAMES: dict[tuple[object, ...], str] = {}
+"""Digests of actions without arguments, by their names (tools, side effects, environment,
+scope, targets: strings that repeat from request to request)."""
+
+
 def sorted_action_digest(
-    tools: Sequence[str],
-    side_effects: Sequence[str],
+    tools: tuple[str, ...],
+    side_effects: tuple[str, ...],
     arguments: Mapping[str, Any] | None,
     environment: str | None,
     resource_scope: str | None,
@@ -79,6 +85,29 @@ def sorted_action_digest(
 ) -> str:
     """:func:`action_digest` of tools and side effects already de-duplicated and sorted (the
     engine's classification keeps them so, once per distinct list)."""
+    if arguments:
+        return _sorted_action_digest(tools, side_effects, arguments, environment,
+                                     resource_scope, target_resources)
+    key = (tools, side_effects, environment, resource_scope,
+           target_resources if target_resources is None or isinstance(target_resources, str)
+           else tuple(target_resources))
+    hit = _BY_NAMES.get(key)
+    if hit is None:
+        hit = _sorted_action_digest(tools, side_effects, None, environment, resource_scope,
+                                    target_resources)
+        if len(_BY_NAMES) < _CACHE_LIMIT:
+            _BY_NAMES[key] = hit
+    return hit
+
+
+def _sorted_action_digest(
+    tools: tuple[str, ...],
+    side_effects: tuple[str, ...],
+    arguments: Mapping[str, Any] | None,
+    environment: str | None,
+    resource_scope: str | None,
+    target_resources: Sequence[str] | str | None,
+) -> str:
     if isinstance(target_resources, str):
         targets: list[str] = [target_resources]
     else:
