@@ -146,6 +146,7 @@ def _glass(body: dict[str, object], at: str, kind: str = "break_glass") -> Stati
     approvals.add(ApprovalEvidence(
         "brk_1", "approved", digest, expires_at=parse_instant("2030-01-01T00:00:00Z"),
         approvers=("irene",), kind=kind,  # type: ignore[arg-type]
+        lifts=("OUTSIDE_CHANGE_WINDOW", "CHANGE_FREEZE"),
         reason="SEV1: checkout is down"))
     return approvals
 
@@ -157,7 +158,7 @@ def test_break_glass_lifts_the_window_and_says_so() -> None:
     assert lifted.verdict == "ALLOW", lifted.issue_codes
     assert "BREAK_GLASS_USED" in lifted.issue_codes
     assert lifted.body["guardrail_checks"]["change_window"]["satisfied"] is True
-    assert lifted.body["guardrail_checks"]["break_glass"]["declared_by"] == ["irene"]
+    assert lifted.body["guardrail_checks"]["break_glass"]["approvers"] == ["irene"]
     standard = decide(body, at=saturday, approvals=_glass(body, saturday, kind="standard"))
     assert "OUTSIDE_CHANGE_WINDOW" in standard.issue_codes  # only break-glass lifts a window
 

@@ -18,6 +18,7 @@ from stage0.policy.loader import default_pack_text
 from stage0.store import ledger
 from stage0.store.keys import create_key
 from tests.service.conftest import Api, running_app
+from tests.service.test_reload import wait_until
 
 SATURDAY = "2026-03-21T10:00:00Z"  # outside business_hours
 DEPLOY: dict[str, Any] = {
@@ -111,8 +112,9 @@ def test_break_glass_lets_one_action_through_a_closed_window(db_url: str) -> Non
         codes = {i["code"]: i for i in through["issues"]}
         assert "OUTSIDE_CHANGE_WINDOW" not in codes
         assert codes["BREAK_GLASS_USED"]["effect"] == "NONE"
-        assert codes["BREAK_GLASS_USED"]["severity"] == "HIGH"
-        assert REASON in codes["BREAK_GLASS_USED"]["message"]
+        assert codes["BREAK_GLASS_USED"]["severity"] == "LOW"
+        assert glass["approval_id"] in codes["BREAK_GLASS_USED"]["message"]
+        assert REASON not in orjson.dumps(through).decode()  # the reason stays in the log
         checks = through["guardrail_checks"]
         assert checks["break_glass"]["lifted"] == ["OUTSIDE_CHANGE_WINDOW"]
         assert checks["change_window"]["windows"][0]["lifted_by"] == glass["approval_id"]
@@ -235,3 +237,94 @@ def test_cli_break_glass(db_url: str) -> None:
     assert [a["kind"] for a in orjson.loads(listed.stdout)] == ["break_glass"]
     report = runner.invoke(cli, ["audit", "break-glass", "--db", db_url, "--format", "json"])
     assert orjson.loads(report.stdout)[0]["status"] == "approved"
+
+
+def strict_pack(tmp_path: Path) -> str:
+    text = default_pack_text().replace(
+        "  quorum: 1             # approvals needed; one rejection ends the request\n"
+        "  approver_roles: []    # empty: any principal whose key has the `approve` scope\n"
+        "  approver_mfa: false   # true: approvers must send a valid TOTP code\n",
+        "  quorum: 2\n  approver_roles: [risk_ops]\n  approver_mfa: true\n",
+    )
+    assert "quorum: 2" in text
+    path = tmp_path / "strict.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_break_glass_does_not_stand_in_for_the_approval_rule(db_url: str,
+                                                             tmp_path: Path) -> None:
+    """Quorum 2, approver MFA, role risk_ops: the declaration lifts the window, and the action
+    still needs two risk_ops approvals with TOTP, on the break-glass request itself."""
+    with running_app(db_url, frozen_time=SATURDAY, policy=strict_pack(tmp_path)) as api:
+        p = People(api)
+
+        def approver(name: str, roles: list[str]) -> tuple[str, str]:
+            key, secret = create_key(api.store, tenant="default", name=name, scopes=["approve"],
+                                     principal=name, roles=roles, plan="pro", unlimited=True,
+                                     totp=True)
+            assert key.totp_secret is not None
+            return secret, key.totp_secret
+
+        ic, ic_totp = approver("ivy", ["incident-commander"])
+        ann, ann_totp = approver("ann", ["risk_ops"])
+        ben, ben_totp = approver("ben", ["risk_ops"])
+        held = api.check(DEPLOY, key=p.agent).json()
+        assert held["approval"]["required_approvals"] == 2
+        assert declare(api, ic, held["request_id"]).json()["code"] == "APPROVER_MFA_REQUIRED"
+        glass = declare(api, ic, held["request_id"], totp=pyotp.TOTP(ic_totp).now()).json()
+        assert (glass["status"], glass["required_approvals"], glass["requires_mfa"]) == (
+            "pending", 2, True)
+        assert glass["approvals"] == []  # the declarer is not a risk_ops approver
+        assert glass["eligible_roles"] == ["risk_ops"]
+        pending = api.check(with_approval(DEPLOY, glass["approval_id"]), key=p.agent).json()
+        assert pending["verdict"] == "DEFER"
+        for secret, code in ((ann, ann_totp), (ben, ben_totp)):
+            voted = api.client.post(f"/v1/approvals/{glass['approval_id']}/approve",
+                                    json={"reason": "ok", "totp": pyotp.TOTP(code).now()},
+                                    headers={"x-api-key": secret})
+            assert voted.status_code == 200, voted.text
+        assert voted.json()["status"] == "approved"
+        through = api.check(with_approval(DEPLOY, glass["approval_id"]), key=p.agent).json()
+        assert through["verdict"] == "ALLOW", through["issues"]
+        assert through["guardrail_checks"]["break_glass"]["lifted"] == ["OUTSIDE_CHANGE_WINDOW"]
+
+
+def test_one_declaration_per_decision_and_only_what_it_was_declared_for(db_url: str,
+                                                                         tmp_path: Path) -> None:
+    pack = tmp_path / "policy"
+    pack.mkdir()
+    (pack / "pack.yaml").write_text(default_pack_text())
+    with running_app(db_url, frozen_time=SATURDAY, policy=str(pack)) as api:
+        p = People(api)
+        held = api.check(DEPLOY, key=p.agent).json()
+        glass = declare(api, p.irene, held["request_id"]).json()
+        assert glass["lifts"] == ["OUTSIDE_CHANGE_WINDOW"]
+        again = declare(api, p.irene, held["request_id"])
+        assert (again.status_code, again.json()["code"]) == (409, "BREAK_GLASS_ALREADY_DECLARED")
+        assert glass["approval_id"] in again.json()["detail"]
+
+        # an emergency freeze arrives after the declaration: the glass does not lift it
+        (pack / "pack.yaml").write_text(default_pack_text().replace(
+            "change_windows:\n",
+            "freezes:\n  - name: incident\n    start: 2026-03-01T00:00:00Z\n"
+            "    end: 2026-04-01T00:00:00Z\nchange_windows:\n"))
+        assert wait_until(lambda: api.client.get("/readyz").json()["policy_sha256"]
+                          != held["policy_sha256"])
+        frozen = api.check(with_approval(DEPLOY, glass["approval_id"]), key=p.agent).json()
+        assert frozen["verdict"] == "DENY"
+        assert "CHANGE_FREEZE" in [i["code"] for i in frozen["issues"]]
+        assert frozen["guardrail_checks"]["break_glass"]["lifted"] == ["OUTSIDE_CHANGE_WINDOW"]
+
+        # a pack that turns break-glass off stops honouring declarations made before
+        (pack / "pack.yaml").write_text(default_pack_text().replace(
+            "  enabled: true         #   (never through",
+            "  enabled: false        #   (never through"))
+        assert wait_until(lambda: api.client.get("/readyz").json()["policy_sha256"]
+                          != frozen["policy_sha256"])
+        off = api.check(with_approval(DEPLOY, glass["approval_id"]), key=p.agent).json()
+        assert off["verdict"] == "DEFER"
+        codes = [i["code"] for i in off["issues"]]
+        assert "OUTSIDE_CHANGE_WINDOW" in codes
+        assert "BREAK_GLASS_USED" not in codes
+        assert off["guardrail_checks"]["approval"]["break_glass"]["honoured"] is False

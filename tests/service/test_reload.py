@@ -105,20 +105,21 @@ NEW_RULE = (
 def test_several_versions_are_held_for_pinned_requests(tmp_path: Path) -> None:
     pack = tmp_path / "policy"
     pack.mkdir()
-    (pack / "v1.0.0.yaml").write_text(default_pack_text())
+    (pack / "v1.0.0.yaml").write_text(default_pack_text() + NEW_RULE)
     (pack / "v1.1.0.yaml").write_text(
-        default_pack_text().replace("version: 1.0.0", "version: 1.1.0") + NEW_RULE)
+        default_pack_text().replace("version: 1.0.0", "version: 1.1.0"))
     with fresh_database("sqlite", tmp_path) as url, running_app(url, policy=str(pack)) as api:
         ready = api.client.get("/readyz").json()
         assert ready["policy_version"] == "stage0-policy-pack@1.1.0"  # the highest is active
         assert ready["held_versions"] == ["stage0-policy-pack@1.0.0"]
         latest = api.check(request()).json()
         assert (latest["policy_version"], latest["verdict"]) == ("stage0-policy-pack@1.1.0",
-                                                                 "DENY")
+                                                                 "ALLOW")
         for pin in ("stage0-policy-pack@1.0.0", " 1.0.0"):
             old = api.check(request(policy_pack_version=pin)).json()
             assert (old["policy_version"], old["verdict"]) == ("stage0-policy-pack@1.0.0",
-                                                               "ALLOW"), pin
+                                                               "DENY"), pin
+            assert "NO_TICKET_SUMMARIES" in [i["code"] for i in old["issues"]]
             logged = api.client.get(f"/v1/decisions/{old['request_id']}",
                                     headers={"x-api-key": api.key}).json()
             assert logged["policy_version"] == "stage0-policy-pack@1.0.0"
@@ -128,12 +129,19 @@ def test_several_versions_are_held_for_pinned_requests(tmp_path: Path) -> None:
         (issue,) = [i for i in unknown["issues"] if i["code"] == "POLICY_VERSION_UNKNOWN"]
         assert "`stage0-policy-pack@1.1.0`, `stage0-policy-pack@1.0.0`" in issue["message"]
 
-        # pack.yaml names the active version, whatever the others are; the set reloads as one
-        (pack / "pack.yaml").write_text(default_pack_text())
+        # a pin never loosens: when the active pack is stricter for the action, it decides
+        (pack / "pack.yaml").write_text(
+            default_pack_text().replace("version: 1.0.0", "version: 1.2.0") + NEW_RULE)
         assert wait_until(lambda: api.client.get("/readyz").json()["policy_version"]
-                          == "stage0-policy-pack@1.0.0")
-        assert api.check(request()).json()["verdict"] == "ALLOW"
-        assert api.check(request(policy_pack_version="1.1.0")).json()["verdict"] == "DENY"
+                          == "stage0-policy-pack@1.2.0")
+        assert api.check(request()).json()["verdict"] == "DENY"
+        pinned = api.check(request(policy_pack_version="1.1.0")).json()
+        assert (pinned["policy_version"], pinned["verdict"]) == ("stage0-policy-pack@1.2.0",
+                                                                 "DENY")
+        (note,) = [i for i in pinned["issues"] if i["code"] == "POLICY_PIN_TIGHTENED"]
+        assert "stage0-policy-pack@1.1.0" in note["message"]
+        assert api.check(request(policy_pack_version="1.0.0")).json()["policy_version"] == \
+            "stage0-policy-pack@1.0.0"  # as strict as the active pack: the pin decides
 
         # one bad file refuses the whole set; the last good set keeps serving
         (pack / "v2.0.0.yaml").write_text(
@@ -143,8 +151,8 @@ def test_several_versions_are_held_for_pinned_requests(tmp_path: Path) -> None:
                           is False)
         error = api.client.get("/readyz").json()["last_reload"]["error"]
         assert "v2.0.0.yaml: approvals.quorum" in error
-        assert api.check(request(policy_pack_version="1.1.0")).json()["policy_version"] == \
-            "stage0-policy-pack@1.1.0"
+        assert api.check(request(policy_pack_version="1.0.0")).json()["policy_version"] == \
+            "stage0-policy-pack@1.0.0"
 
 
 def test_a_pack_set_refuses_ambiguous_versions(tmp_path: Path) -> None:
@@ -154,7 +162,51 @@ def test_a_pack_set_refuses_ambiguous_versions(tmp_path: Path) -> None:
         load_pack_set(tmp_path)
     (tmp_path / "b.yaml").write_text(default_pack_text())  # the same pack twice is harmless
     assert load_pack_set(tmp_path).versions == ["stage0-policy-pack@1.0.0"]
+    (tmp_path / "pack.yaml").write_text(default_pack_text().replace("name: stage0-policy-pack",
+                                                                 "name: other-pack"))
+    both = load_pack_set(tmp_path)
+    assert both.find("1.0.0") is None  # two packs have 1.0.0: ambiguous
+    assert both.find("other-pack@1.0.0") is not None
+    (tmp_path / "d.yaml").write_text(default_pack_text().replace("version: 1.0.0",
+                                                                 "version: 01.0.0"))
+    with pytest.raises(PolicyError, match="semantic version"):
+        load_pack_set(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(PolicyError, match="holds no pack"):
         load_pack_set(empty)
+
+
+def test_an_approval_granted_under_a_laxer_pin_does_not_satisfy_the_active_pack(
+        tmp_path: Path) -> None:
+    pack = tmp_path / "policy"
+    pack.mkdir()
+    (pack / "v1.0.0.yaml").write_text(default_pack_text())
+    (pack / "pack.yaml").write_text(default_pack_text().replace("version: 1.0.0", "version: 1.1.0")
+                                    .replace("  quorum: 1 ", "  quorum: 2 "))
+    payout = {**request(), "goal": "Release the manual payout for invoice 2231",
+              "tools": ["payments.create_payout"], "side_effects": ["money movement"],
+              "constraints": ["approval required", "max_records: 1"],
+              "context": {"environment": "production", "actor_id": "agent-7"},
+              "policy_pack_version": "1.0.0"}
+    with fresh_database("sqlite", tmp_path) as url, running_app(url, policy=str(pack)) as api:
+        agent = api.new_key(scopes=["check"], principal="agent-7")
+        held = api.check(payout, key=agent).json()
+        assert held["verdict"] == "DEFER"
+        approval = held["approval"]
+        assert (approval["policy_version"], approval["required_approvals"]) == (
+            "stage0-policy-pack@1.0.0", 1)
+        granted = api.client.post(f"/v1/approvals/{approval['approval_id']}/approve",
+                                  json={"reason": "ok"}, headers={"x-api-key": api.key})
+        assert granted.json()["status"] == "approved"
+        retry = {**payout, "context": {**payout["context"],
+                                       "approval_id": approval["approval_id"]}}
+        pinned = api.check(retry, key=agent).json()
+        assert (pinned["verdict"], pinned["policy_version"]) == ("DEFER",
+                                                                 "stage0-policy-pack@1.1.0")
+        codes = [i["code"] for i in pinned["issues"]]
+        assert "POLICY_PIN_TIGHTENED" in codes
+        (pending,) = [i for i in pinned["issues"] if i["code"] == "APPROVAL_REQUIRED_PENDING"]
+        assert "1 approval(s) where 2 are needed" in pending["message"]
+        unpinned = {k: v for k, v in retry.items() if k != "policy_pack_version"}
+        assert api.check(unpinned, key=agent).json()["verdict"] == "DEFER"

@@ -304,12 +304,16 @@ def _decide(db: str | None, api_key: str | None, op: str, payload: dict[str, Any
     if not api_key:
         raise click.UsageError("--key (or STAGE0_API_KEY) is required: approvers act as the "
                                "principal of their own key")
+    from stage0.policy.packset import PackSet, load_pack_set  # noqa: PLC0415
+
     try:
-        policy = load_policy(policy_path)
-    except PolicyError:
-        policy = None
+        packs = load_pack_set(policy_path) if policy_path else PackSet(load_policy(None))
+    except PolicyError as exc:
+        raise click.ClickException(
+            f"the policy pack does not load ({exc}); pass the pack (file or directory) the "
+            "server runs with --policy or STAGE0_POLICY") from None
     with _store(db) as store:
-        pipeline = Pipeline(store, policy, clock=system_clock)
+        pipeline = Pipeline(store, packs.active, clock=system_clock, held=packs.held)
         try:
             outcome = pipeline.submit(Job(
                 secret=api_key, raw=orjson.dumps(payload), request=None, invalid=None,
@@ -333,7 +337,7 @@ def _decision_command(op: str, doc: str) -> None:
     @click.option("--totp", default=None,
                   help="The TOTP code, when the request needs approver MFA.")
     @click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
-                  type=click.Path(dir_okay=False), help="Policy pack (for the policy version).")
+                  type=click.Path(), help="The pack (file or directory) the server runs.")
     @click.argument("approval_id")
     def command(db: str | None, api_key: str | None, reason: str, totp: str | None,
                 policy_path: str | None, approval_id: str) -> None:
@@ -354,8 +358,9 @@ _decision_command("reject", "Reject as the principal of --key; one rejection end
               help="Why it cannot wait: the incident and its ticket (recorded; required).")
 @click.option("--totp", default=None, help="The TOTP code, when the pack's break_glass.mfa is on.")
 @click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
-              type=click.Path(dir_okay=False),
-              help="The pack the server runs (its break_glass settings apply).")
+              type=click.Path(),
+              help="The pack (file or directory) the server runs: its break_glass settings "
+                   "apply. Default: the built-in pack.")
 @click.argument("request_id")
 def approvals_break_glass(db: str | None, api_key: str | None, reason: str, totp: str | None,
                           policy_path: str | None, request_id: str) -> None:

@@ -291,8 +291,13 @@ _ALL = [
         "The pinned `policy_pack_version` is not available",
         "Pin a policy version this server has, or drop `policy_pack_version`",
     ),
-    CodeSpec(
-        "BREAK_GLASS_USED", INFO, "HIGH", "NONE", "NONE",
+    _spec(
+        "POLICY_PIN_TIGHTENED", INFO,
+        "The pinned policy version would be looser; the active version decides",
+        "Move the pin to the active version, or drop `policy_pack_version`",
+    ),
+    _spec(
+        "BREAK_GLASS_USED", INFO,
         "A break-glass approval let this action through a closed change window or a freeze",
         "Review the declaration after the incident (`stage0 audit break-glass`)",
     ),

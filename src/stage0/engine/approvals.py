@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from stage0.engine.findings import Findings
-from stage0.policy.compiled import CompiledPolicy
+from stage0.policy.compiled import ApprovalRule, CompiledPolicy
 
 ApprovalState = Literal["pending", "approved", "rejected", "expired", "used"]
 
@@ -25,6 +25,12 @@ class ApprovalEvidence:
     kind: Literal["standard", "break_glass"] = "standard"
     reason: str | None = None
     """For a break-glass approval, the declarer's reason."""
+    lifts: tuple[str, ...] = ()
+    """For a break-glass approval, the issue codes it was declared to lift."""
+    required_approvals: int = 1
+    requires_mfa: bool = False
+    eligible_roles: frozenset[str] = frozenset()
+    """The rule the approval was granted under (checked against the deciding pack's)."""
 
 
 class ApprovalResolver(Protocol):
@@ -50,6 +56,7 @@ def check_approval(
     tenant: str,
     digest: str,
     resolver: ApprovalResolver | None,
+    buckets: tuple[str, ...] = (),
 ) -> None:
     check: dict[str, object] = {
         "required": required,
@@ -72,10 +79,12 @@ def check_approval(
             # freeze: it must hold for this exact action, like any approval.
             evidence = resolver.resolve(tenant, approval_id)
             if evidence is not None and evidence.kind == "break_glass":
-                _check_server_approval(out, check, approval_id, at, tenant, digest, resolver)
+                _check_server_approval(out, check, policy, None, approval_id, at, tenant,
+                                       digest, resolver)
         return
     if approval_id is not None:
-        _check_server_approval(out, check, approval_id, at, tenant, digest, resolver)
+        _check_server_approval(out, check, policy, policy.approval_rule(buckets), approval_id,
+                               at, tenant, digest, resolver)
         return
     if status == "approved":
         if verified_only:
@@ -109,9 +118,24 @@ def check_approval(
     )
 
 
+def _weaker(evidence: ApprovalEvidence, rule: ApprovalRule) -> list[str]:
+    """How the rule an approval was granted under falls short of ``rule``."""
+    short = []
+    if evidence.required_approvals < rule.quorum:
+        short.append(f"{evidence.required_approvals} approval(s) where {rule.quorum} are needed")
+    if rule.approver_mfa and not evidence.requires_mfa:
+        short.append("no approver MFA")
+    if rule.approver_roles and not (evidence.eligible_roles
+                                    and evidence.eligible_roles <= rule.approver_roles):
+        short.append("approvers outside the roles " + ", ".join(sorted(rule.approver_roles)))
+    return short
+
+
 def _check_server_approval(
     out: Findings,
     check: dict[str, object],
+    policy: CompiledPolicy,
+    rule: ApprovalRule | None,
     approval_id: str,
     at: datetime,
     tenant: str,
@@ -150,12 +174,31 @@ def _check_server_approval(
     if evidence.status != "approved":
         out.add("APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is still pending")
         return
+    short = _weaker(evidence, rule) if rule is not None else []
+    if short:
+        out.add("APPROVAL_REQUIRED_PENDING",
+                f"Approval `{approval_id}` was granted under a weaker rule than policy "
+                f"`{policy.policy_version}` needs for this action ({'; '.join(short)}); "
+                "request a new approval")
+        return
+    if evidence.kind == "break_glass":
+        glass = policy.break_glass
+        refused = (f"break-glass is turned off in policy `{policy.policy_version}`"
+                   if glass is None else
+                   f"policy `{policy.policy_version}` requires break-glass MFA and it was "
+                   "declared without" if glass.mfa and not evidence.requires_mfa else None)
+        if refused is not None:
+            check["break_glass"] = {"approval_id": approval_id, "honoured": False,
+                                    "why": refused}
+            if rule is not None:
+                out.add("APPROVAL_REQUIRED_PENDING",
+                        f"Break-glass approval `{approval_id}` is not honoured: {refused}")
+            return
+        check["kind"] = "break_glass"
+        out.break_glass = evidence
     check["satisfied"] = True
     check["verified"] = True
     check["approvers"] = list(evidence.approvers)
-    if evidence.kind == "break_glass":
-        check["kind"] = "break_glass"
-        out.break_glass = evidence
 
 
 def report_break_glass(out: Findings) -> None:
@@ -166,8 +209,8 @@ def report_break_glass(out: Findings) -> None:
     lifted = ", ".join(out.lifted) or "nothing (no window or freeze applied)"
     who = ", ".join(evidence.approvers) or "an approver"
     out.add("BREAK_GLASS_USED",
-            f"Break-glass approval `{evidence.approval_id}` declared by {who} lifted {lifted}; "
-            f"reason: {evidence.reason or '(none)'}")
+            f"Break-glass approval `{evidence.approval_id}` ({who}) lifted {lifted}; the "
+            "declaration and its reason are in the log for review")
     out.checks["break_glass"] = {"approval_id": evidence.approval_id,
-                                 "declared_by": list(evidence.approvers),
-                                 "reason": evidence.reason, "lifted": list(out.lifted)}
+                                 "approvers": list(evidence.approvers),
+                                 "may_lift": list(evidence.lifts), "lifted": list(out.lifted)}

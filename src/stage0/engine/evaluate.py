@@ -33,6 +33,9 @@ Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
 
 
+_STRICTNESS = {"ALLOW": 0, "DEFER": 1, "DENY": 2}
+
+
 def system_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -109,6 +112,9 @@ class Engine:
                                      ids=ids)
             for p in held if policy is None or p.policy_version != policy.policy_version
         }
+        self._pinned_from: str | None = None
+        """Set on the ceiling engine: the held version a request pinned (see ``evaluate``)."""
+        self._ceiling: Engine | None = None
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -154,9 +160,8 @@ class Engine:
         if self._held and request.policy_pack_version is not None and self._packs is not None:
             pinned = self._packs.find(request.policy_pack_version)
             if pinned is not None and pinned.policy_version in self._held:
-                return self._held[pinned.policy_version].evaluate(
-                    request, at=at, request_id=request_id, tenant=tenant,
-                    input_sha256=input_sha256)
+                return self._pinned(pinned.policy_version, request, at, request_id, tenant,
+                                    input_sha256)
         started = perf_counter()
         now = self._clock()
         at = at if at is not None else now
@@ -186,6 +191,24 @@ class Engine:
                 request, rid, now, at, input_sha256, "POLICY_EVALUATION_FAILED",
                 f"Policy evaluation failed: {str(exc)[:300] or type(exc).__name__}",
             )
+
+    def _pinned(self, version: str, request: CheckRequest, at: datetime | None,
+                request_id: str | None, tenant: str | None,
+                input_sha256: str | None) -> Decision:
+        """A request pinned to a held version: that version decides, unless the active pack
+        is stricter for this action (a pin never loosens the active policy). The active pack
+        is evaluated without run state (the pinned evaluation already counted the call)."""
+        decision = self._held[version].evaluate(
+            request, at=at, request_id=request_id, tenant=tenant, input_sha256=input_sha256)
+        if self._ceiling is None:
+            self._ceiling = Engine(self.policy, run_state=None, approvals=self.approvals,
+                                   clock=self._clock, ids=self._ids)
+        self._ceiling._pinned_from = version
+        ceiling = self._ceiling.evaluate(request, at=at, request_id=decision.request_id,
+                                         tenant=tenant, input_sha256=input_sha256)
+        if _STRICTNESS[ceiling.verdict] > _STRICTNESS[decision.verdict]:
+            return ceiling
+        return decision
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -225,11 +248,20 @@ class Engine:
         )
         out = Findings(f.pro)
         pin = request.policy_pack_version
-        if pin is not None and pin.strip() not in (policy.policy_version, policy.version):
+        if self._pinned_from is not None:
+            out.add(
+                "POLICY_PIN_TIGHTENED",
+                f"The request pins `{self._pinned_from}`; the active `{policy.policy_version}` "
+                "is stricter for this action and decides it",
+            )
+        elif pin is not None and pin.strip() not in (policy.policy_version, policy.version):
             held = self._packs.versions if self._packs is not None else [policy.policy_version]
+            ambiguous = self._packs is not None and len(self._packs.matches(pin)) > 1
             out.add(
                 "POLICY_VERSION_UNKNOWN",
-                f"Policy version `{pin}` is not available; this server has "
+                (f"Policy version `{pin.strip()}` is ambiguous (several packs have it); pin "
+                 "`name@version`. This server has " if ambiguous else
+                 f"Policy version `{pin}` is not available; this server has ")
                 + ", ".join(f"`{v}`" for v in held),
             )
 
@@ -247,7 +279,7 @@ class Engine:
         check_approval(  # positional: keyword arguments cost a microsecond here
             out, policy, req.approval, req.verified_only, req.approval_sources,
             ctx.approval_status, ctx.approval_id, ctx.approved_at, at, tenant, digest,
-            self.approvals,
+            self.approvals, f.buckets,
         )
         if g.roles is not None:
             checks.check_role(out, f, g)

@@ -32,7 +32,7 @@ class Findings:
 
     def lift(self, code: str) -> bool:
         """Whether a break-glass approval lifts ``code`` here (and note that it did)."""
-        if self.break_glass is None:
+        if self.break_glass is None or code not in self.break_glass.lifts:
             return False
         if code not in self.lifted:
             self.lifted.append(code)

@@ -32,13 +32,17 @@ class PackSet:
     """The other versions, newest first; never the active one."""
 
     def find(self, pin: str) -> CompiledPolicy | None:
-        """The pack a ``policy_pack_version`` pin names, if this set holds it."""
+        """The pack a ``policy_pack_version`` pin names, if this set holds exactly one."""
+        found = self.matches(pin)
+        return found[0] if len(found) == 1 else None
+
+    def matches(self, pin: str) -> list[CompiledPolicy]:
+        """Every held pack a pin names: ``name@version`` names one; a bare version may name
+        several packs (then the pin is ambiguous and decides nothing)."""
         pin = pin.strip()
-        for policy in (self.active, *self.held):
-            if pin == policy.policy_version:
-                return policy
-        bare = [p for p in (self.active, *self.held) if p.version == pin]
-        return bare[0] if len(bare) == 1 else None
+        every = (self.active, *self.held)
+        exact = [p for p in every if p.policy_version == pin]
+        return exact or [p for p in every if p.version == pin]
 
     @property
     def versions(self) -> list[str]:
@@ -54,7 +58,10 @@ def pack_files(path: str | Path) -> list[Path]:
 
 
 def _precedence(policy: CompiledPolicy) -> semver.Version:
-    return semver.Version.parse(policy.version)
+    try:
+        return semver.Version.parse(policy.version)
+    except ValueError as exc:  # the schema admits only SemVer 2.0; this is defence in depth
+        raise PolicyError(policy.policy_version, [f"version: {exc}"]) from None
 
 
 def load_pack_set(path: str | Path) -> PackSet:

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, date, datetime
 from typing import Literal
 
+import semver
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -17,7 +18,6 @@ from pydantic import (
 
 from stage0.contract.issues import EffectName, SeverityName
 
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{2,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -273,6 +273,6 @@ class PackDocument(_Strict):
     @field_validator("version")
     @classmethod
     def _semver(cls, v: str) -> str:
-        if not _SEMVER.match(v):
+        if not semver.Version.is_valid(v):
             raise ValueError(f"`{v}` is not a semantic version such as `1.0.0`")
         return v

@@ -186,9 +186,11 @@ class Pipeline:
                    "totp_last_step = :s WHERE id = :k",
             "mfa_read": "SELECT mfa_failures, mfa_locked_until_us, totp_last_step FROM api_keys "
                         "WHERE id = :k",
-            "decision": "SELECT action_digest, key_id, request, response, environment, buckets "
-                        "FROM decisions WHERE tenant_id = :t AND request_id = :r "
-                        "AND kind = 'decision'",
+            "decision": "SELECT action_digest, key_id, request, response, environment, buckets, "
+                        "tools, policy_version FROM decisions WHERE tenant_id = :t "
+                        "AND request_id = :r AND kind = 'decision'",
+            "glass_for": "SELECT id, status, expires_us, execute_by_us FROM approvals "
+                         "WHERE tenant_id = :t AND request_id = :r AND kind = 'break_glass'",
             "principal": "SELECT principal FROM api_keys WHERE id = :k",
             "token_use": "INSERT INTO token_uses (tenant_id, jti, key_id, consumed_us) "
                          "VALUES (:t, :j, :k, :c)"}.items()}
@@ -213,7 +215,10 @@ class Pipeline:
 
     def _deciding(self, body: dict[str, Any]) -> CompiledPolicy | None:
         """The pack that made a decision: the active one, or a held one a request pinned."""
-        version = body.get("policy_version")
+        return self._by_version(body.get("policy_version"))
+
+    def _by_version(self, version: object) -> CompiledPolicy | None:
+        """The pack of ``version`` if this server holds it, else the active one."""
         for policy in (self.policy, *self.held):
             if policy is not None and policy.policy_version == version:
                 return policy
@@ -552,7 +557,10 @@ class Pipeline:
     def _break_glass(self, job: Job, key: ApiKey, state: _Batch, chain: ledger.ChainCursor,
                      now: datetime) -> Outcome:
         """Declare a break-glass approval for the action of a logged decision that a closed
-        change window or a freeze held back: approved at once by its declarer, usable once."""
+        change window or a freeze held back. It may lift only what held that decision back,
+        under the break-glass rule of the pack that made it; when the action also needs
+        approval, the declaration is an approval request under that pack's approval rule (the
+        declarer's vote counts when the declarer is an eligible approver)."""
         rid, p = job.request_id, job.payload
         now_us = int(now.timestamp() * 1e6)
         target = str(p.get("request_id") or "")
@@ -568,27 +576,32 @@ class Pipeline:
         if "approve" not in key.scopes and "admin" not in key.scopes:
             return refuse(403, "APPROVER_SCOPE_MISSING",
                           "This key lacks the `approve` scope; agent keys cannot break glass")
-        rule = self.policy.break_glass if self.policy is not None else None
-        if rule is None:
-            return refuse(403, "BREAK_GLASS_DISABLED",
-                          f"Break-glass is turned off in policy `{self.policy_version}`")
-        reason = str(p.get("reason") or "").strip()
-        if len(reason) < rule.min_reason_length:
-            return refuse(422, "BREAK_GLASS_REASON_REQUIRED",
-                          f"A break-glass declaration needs a reason of at least "
-                          f"{rule.min_reason_length} characters (the incident, why it cannot "
-                          f"wait); got {len(reason)}")
-        if not rule.roles & {normalize_name(r) for r in key.roles}:
-            return refuse(403, "BREAK_GLASS_ROLE_NOT_ELIGIBLE",
-                          "Breaking glass needs one of the roles " + ", ".join(sorted(rule.roles)))
         cur = self.approvals.cursor
         cur.execute(self._sql["decision"], {"t": key.tenant_id, "r": target})
         found = cur.fetchone()
         if found is None:
             return refuse(404, "DECISION_NOT_FOUND",
                           f"No `/check` decision `{target}` in this tenant")
-        digest, requester_key, logged_request, logged_response, environment, buckets = found
-        issues = orjson.loads(logged_response).get("issues", [])
+        (digest, requester_key, logged_request, logged_response, environment, buckets_json,
+         tools_json, version) = found
+        deciding = self._by_version(version)
+        rule = deciding.break_glass if deciding is not None else None
+        if rule is None:
+            return refuse(403, "BREAK_GLASS_DISABLED",
+                          f"Break-glass is turned off in policy `{version}`, which made "
+                          f"decision `{target}`")
+        reason = str(p.get("reason") or "").strip()
+        if len(reason) < rule.min_reason_length:
+            return refuse(422, "BREAK_GLASS_REASON_REQUIRED",
+                          f"A break-glass declaration needs a reason of at least "
+                          f"{rule.min_reason_length} characters (the incident, why it cannot "
+                          f"wait); got {len(reason)}")
+        my_roles = {normalize_name(r) for r in key.roles}
+        if not rule.roles & my_roles:
+            return refuse(403, "BREAK_GLASS_ROLE_NOT_ELIGIBLE",
+                          "Breaking glass needs one of the roles " + ", ".join(sorted(rule.roles)))
+        response = orjson.loads(logged_response)
+        issues = response.get("issues", [])
         codes = [str(i.get("code")) for i in issues]
         lifts = [c for c in codes if c in BreakGlassRule.LIFTS]
         if not lifts:
@@ -602,11 +615,22 @@ class Pipeline:
             return refuse(409, "BREAK_GLASS_NOT_APPLICABLE",
                           f"Decision `{target}` is also denied by {', '.join(denied)}; "
                           "break-glass never lifts a DENY rule")
+        cur.execute(self._sql["glass_for"], {"t": key.tenant_id, "r": target})
+        for other_id, other_status, other_expires, other_by in cur.fetchall():
+            live = (other_status == "used" or (other_status == "pending" and other_expires > now_us)
+                    or (other_status == "approved" and (other_by or 0) > now_us))
+            if live:
+                return refuse(409, "BREAK_GLASS_ALREADY_DECLARED",
+                              f"Decision `{target}` already has break-glass `{other_id}` "
+                              f"({other_status}); one declaration lets its action through once")
         try:
             request_obj = orjson.loads(logged_request)
             summary = _action_summary(parse_request(request_obj), {"environment": environment})
         except (RequestValidationError, orjson.JSONDecodeError, TypeError):
-            request_obj, summary = {}, {"environment": environment}
+            request_obj = {}
+            summary = {"goal": "", "tools": orjson.loads(tools_json), "side_effects": [],
+                       "arguments": {}, "environment": environment, "resource_scope": None,
+                       "target_resources": None}
         ctx = request_obj.get("context") if isinstance(request_obj, dict) else None
         actor = ctx.get("actor_id") if isinstance(ctx, dict) else None
         cur.execute(self._sql["principal"], {"k": requester_key})
@@ -617,27 +641,42 @@ class Pipeline:
                                              normalize_principal(actor)}:
             return refuse(403, "SELF_APPROVAL",
                           "The requester cannot break glass for its own action")
+        buckets = list(orjson.loads(buckets_json))
+        needs_approval = bool(response.get("guardrail_checks", {}).get("approval", {})
+                              .get("required"))
+        if needs_approval and deciding is not None:
+            approval_rule = deciding.approval_rule(buckets)
+            glass = ApprovalRule(approval_rule.quorum, approval_rule.approver_roles,
+                                 approval_rule.approver_mfa or rule.mfa, rule.expires_in,
+                                 rule.expires_in)
+        else:
+            glass = ApprovalRule(1, frozenset(), rule.mfa, rule.expires_in, rule.expires_in)
         mfa = False
-        if rule.mfa:
+        if glass.approver_mfa:
             refused = self._approver_mfa(key, p, refuse)
             if refused is not None:
                 return refused
             mfa = True
         approval = self.approvals.create(
-            tenant=key.tenant_id, digest=digest, action=summary,
-            buckets=list(orjson.loads(buckets)), environment=environment, request_id=target,
-            key_id=str(requester_key), principal=requester_principal,
-            actor_id=actor if isinstance(actor, str) else None,
-            policy_version=self.policy_version,
-            rule=ApprovalRule(1, rule.roles, rule.mfa, rule.expires_in, rule.expires_in),
-            now_us=now_us, kind="break_glass", reason=reason)
+            tenant=key.tenant_id, digest=digest, action=summary, buckets=buckets,
+            environment=environment, request_id=target, key_id=str(requester_key),
+            principal=requester_principal, actor_id=actor if isinstance(actor, str) else None,
+            policy_version=str(version), rule=glass, now_us=now_us, kind="break_glass",
+            reason=reason, lifts=lifts)
         principal = key.principal or key.id
-        self.approvals.record_vote(approval, key_id=key.id, principal=principal,
-                                   decision="approve", reason=reason, mfa=mfa, now_us=now_us)
-        self.approvals.set_status(approval, "approved", now_us)
         self._log_event(state, chain, key, now, "approval.break_glass", approval,
                         {"request_id": target, "reason": reason, "principal": principal,
                          "mfa": mfa, "lifts": lifts})
+        if not glass.approver_roles or glass.approver_roles & my_roles:
+            self.approvals.record_vote(approval, key_id=key.id, principal=principal,
+                                       decision="approve", reason=reason, mfa=mfa,
+                                       now_us=now_us)
+            self._log_event(state, chain, key, now, "approval.vote", approval,
+                            {"decision": "approve", "principal": principal, "reason": reason,
+                             "mfa": mfa})
+        if len(approval.votes) >= glass.quorum:
+            self.approvals.set_status(approval, "approved", now_us)
+            self._log_event(state, chain, key, now, "approval.approved", approval, {})
         return Outcome(200, approval.view(now_us))
 
     def _mfa_state(self, key: ApiKey) -> ApiKey:
@@ -718,6 +757,8 @@ class Pipeline:
         if approval is not None:
             webhooks.enqueue(self.store, self.approvals.cursor, tenant_id, kind, event_id,
                              approval.id, {"actor": actor, **detail, "approval": view})
+        version = view["policy_version"] if view else self.policy_version
+        named = self._by_version(version)
         record = {
             "tenant_id": tenant_id,
             "request_id": event_id,
@@ -726,8 +767,9 @@ class Pipeline:
             "http_status": 200,
             "verdict": "",
             "decision": "",
-            "policy_version": view["policy_version"] if view else self.policy_version,
-            "policy_sha256": self.policy.sha256 if self.policy is not None else "",
+            "policy_version": version,
+            "policy_sha256": (named.sha256 if named is not None
+                              and named.policy_version == version else ""),
             "input_sha256": hashlib.sha256(payload).hexdigest(),
             "action_digest": view["action_digest"] if view else (digest or ""),
             "environment": view["environment"] if view else environment,

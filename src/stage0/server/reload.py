@@ -58,11 +58,13 @@ class PolicyReloader:
         """Load and validate the pack now; apply it if good. Returns whether it was applied."""
         try:
             packs = load_pack_set(self._source)
-        except PolicyError as exc:
-            self.status = {**self.status, "ok": False, "error": str(exc),
+        except Exception as exc:  # noqa: BLE001 - any failure refuses the set, never the thread
+            error = str(exc) if isinstance(exc, PolicyError) else (
+                f"{self._source}: the pack set could not be loaded: {type(exc).__name__}: {exc}")
+            self.status = {**self.status, "ok": False, "error": error,
                            "reloaded_at": time.time()}
             metrics.POLICY_RELOADS.labels(result="refused").inc()
-            log.error("refused the new policy pack, still serving the last good one: %s", exc)
+            log.error("refused the new policy pack, still serving the last good one: %s", error)
             return False
         self._apply(packs)
         self.status = {"ok": True, "error": None, "reloaded_at": time.time(),

@@ -24,7 +24,7 @@ COLUMNS = (
     "request_id", "requested_by_key", "requested_by_principal", "actor_id", "policy_version",
     "required_approvals", "approvals_count", "eligible_roles", "requires_mfa", "execute_within_s",
     "created_us", "expires_us", "decided_us", "execute_by_us", "used_us", "used_by_request",
-    "kind", "reason",
+    "kind", "reason", "lifts",
 )
 SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
 SELECT_OPEN = (
@@ -81,6 +81,7 @@ class Approval:
             "tenant_id": r["tenant_id"],
             "kind": r.get("kind") or "standard",
             "reason": r.get("reason"),
+            "lifts": orjson.loads(r["lifts"]) if r.get("lifts") else [],
             "status": self.status_at(now_us),
             "required_approvals": r["required_approvals"],
             "approvals": [v["principal"] for v in self.votes if v["decision"] == "approve"],
@@ -119,6 +120,10 @@ class Approval:
             approvers=tuple(v["principal"] for v in self.votes if v["decision"] == "approve"),
             kind="break_glass" if r.get("kind") == "break_glass" else "standard",
             reason=r.get("reason"),
+            lifts=tuple(orjson.loads(r["lifts"])) if r.get("lifts") else (),
+            required_approvals=int(r["required_approvals"]),
+            requires_mfa=bool(r["requires_mfa"]),
+            eligible_roles=frozenset(orjson.loads(r["eligible_roles"])),
         )
 
 
@@ -165,7 +170,7 @@ class ApprovalStore:
         self, *, tenant: str, digest: str, action: dict[str, Any], buckets: list[str],
         environment: str | None, request_id: str, key_id: str, principal: str | None,
         actor_id: str | None, policy_version: str, rule: ApprovalRule, now_us: int,
-        kind: str = "standard", reason: str | None = None,
+        kind: str = "standard", reason: str | None = None, lifts: list[str] | None = None,
     ) -> Approval:
         record = {
             "id": ("brk_" if kind == "break_glass" else "apr_") + secrets.token_hex(8),
@@ -193,6 +198,7 @@ class ApprovalStore:
             "used_by_request": None,
             "kind": kind,
             "reason": reason,
+            "lifts": orjson.dumps(lifts).decode() if lifts is not None else None,
         }
         self.cursor.execute(self._sql["insert"], record)
         return Approval(record, [])

@@ -141,6 +141,7 @@ approvals = Table(
     Column("used_by_request", String(100)),
     Column("kind", String(20), nullable=False, server_default="standard"),
     Column("reason", Text),
+    Column("lifts", Text),
     Index("ix_approvals_tenant_digest", "tenant_id", "action_digest", "status"),
     Index("ix_approvals_tenant_status", "tenant_id", "status"),
     Index("ix_approvals_kind_created", "kind", "created_us"),
