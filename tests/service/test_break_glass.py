@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pyotp
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -18,6 +19,7 @@ from stage0.policy.loader import default_pack_text
 from stage0.store import ledger
 from stage0.store.keys import create_key
 from tests.service.conftest import Api, running_app
+from tests.service.test_console import Console
 from tests.service.test_reload import wait_until
 
 SATURDAY = "2026-03-21T10:00:00Z"  # outside business_hours
@@ -279,6 +281,11 @@ def test_break_glass_does_not_stand_in_for_the_approval_rule(db_url: str,
         assert glass["eligible_roles"] == ["risk_ops"]
         pending = api.check(with_approval(DEPLOY, glass["approval_id"]), key=p.agent).json()
         assert pending["verdict"] == "DEFER"
+        console = Console(TestClient(api.client.app))
+        assert console.sign_in(ann).status_code == 303
+        inbox = console.client.get("/console/inbox").text
+        assert "break-glass" in inbox
+        assert "lifts OUTSIDE_CHANGE_WINDOW" in inbox
         for secret, code in ((ann, ann_totp), (ben, ben_totp)):
             voted = api.client.post(f"/v1/approvals/{glass['approval_id']}/approve",
                                     json={"reason": "ok", "totp": pyotp.TOTP(code).now()},
