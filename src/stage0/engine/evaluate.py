@@ -8,7 +8,7 @@ byte-identical decisions. Anything that goes wrong inside evaluation becomes ``v
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
@@ -416,10 +416,12 @@ def _respond(
     input_sha256: str,
     digest: str,
     guardrails: list[str],
-    cost_estimate: Mapping[str, Any] | None,
+    cost_estimate: dict[str, Any] | None,
     version: str,
 ) -> dict[str, Any]:
+    """The response body. ``cost_estimate`` is the loop check's own fresh mapping."""
     issues = out.issues
+    specs = out.specs
     # One pass over the issues: their JSON form, the reason, the trace's codes by effect, the
     # questions (a spec's question goes with its issue's effect: DEFER, or NONE for clarifying)
     # and the flags of the combining table.
@@ -431,8 +433,10 @@ def _respond(
     defer_questions: list[str] = []
     clarifying: list[str] = []
     error = False
-    for spec, i in zip(out.specs, issues, strict=True):
-        code, message, effect = i.code, i.message, i.effect
+    for n, i in enumerate(issues):
+        code = i.code
+        message = i.message
+        effect = i.effect
         issue_dicts.append({"code": code, "severity": i.severity, "message": message,
                             "effect": effect, "remediation": i.remediation})
         reasons.append(f"{code}: {message}")
@@ -442,12 +446,14 @@ def _respond(
             deny.append(code)
         elif effect == "DEFER":
             defer.append(code)
-            if spec.question is not None:
-                defer_questions.append(spec.question)
+            question = specs[n].question
+            if question is not None:
+                defer_questions.append(question)
         elif effect == "NONE":
             advisory.append(code)
-            if spec.question is not None:
-                clarifying.append(spec.question)
+            question = specs[n].question
+            if question is not None:
+                clarifying.append(question)
         else:
             raise KeyError(effect)
     verdict, decision = combine_flags(error, bool(deny), bool(defer))
@@ -458,24 +464,24 @@ def _respond(
         risk += policy.risk.missing_guardrails
     if f.is_production:
         risk += policy.risk.production_environment
-    risk = max(0, min(100, risk))
+    risk = 0 if risk < 0 else 100 if risk > 100 else risk
     if out.clarifying:
         clarifying.extend(out.clarifying)
-    reason = "; ".join(reasons) if issues else f"All checks passed under {version}"
-    trace = f"{verdict}/{decision} under {version}"
+    trace = [f"{verdict}/{decision} under {version}"]
     if deny:
-        trace += "; deny: " + ", ".join(deny)
+        trace.append("deny: " + ", ".join(deny))
     if defer:
-        trace += "; defer: " + ", ".join(defer)
+        trace.append("defer: " + ", ".join(defer))
     if advisory:
-        trace += "; advisory: " + ", ".join(advisory)
-    if f.buckets:
-        trace += "; buckets: " + ", ".join(f.buckets)
-    trace += f"; risk {risk}"
+        trace.append("advisory: " + ", ".join(advisory))
+    buckets = f.buckets
+    if buckets:
+        trace.append("buckets: " + ", ".join(buckets))
+    trace.append(f"risk {risk}")
     checks = out.checks
     if "approval" not in checks:
         checks["approval"] = {"required": False, "satisfied": True, "verified": False}
-    extra = f.request.model_extra
+    extra = f.request.__pydantic_extra__
     return {
         "verdict": verdict,
         "decision": decision,
@@ -483,16 +489,17 @@ def _respond(
         "policy_version": version,
         "policy_pack_version": version,
         "issues": issue_dicts,
-        "reason": reason,
+        "reason": "; ".join(reasons) if issues else f"All checks passed under {version}",
         "risk_score": risk,
-        "high_risk": bool(f.buckets) or risk >= policy.risk.high_risk_threshold,
+        "high_risk": bool(buckets) or risk >= policy.risk.high_risk_threshold,
         "clarifying_questions": list(dict.fromkeys(clarifying)) if clarifying else clarifying,
-        "defer_questions": list(dict.fromkeys(defer_questions)) if defer_questions else [],
+        "defer_questions": (list(dict.fromkeys(defer_questions)) if defer_questions
+                            else defer_questions),
         "guardrails": list(guardrails),
         "guardrail_checks": checks,
         "value_findings": out.value_findings,
-        "cost_estimate": dict(cost_estimate) if cost_estimate is not None else None,
-        "decision_trace_summary": trace,
+        "cost_estimate": cost_estimate,
+        "decision_trace_summary": "; ".join(trace),
         "timestamp": now.timestamp(),
         "evaluated_at": at.timestamp(),
         "cached": False,
@@ -500,7 +507,7 @@ def _respond(
         "action_digest": digest,
         "input_sha256": input_sha256,
         "policy_sha256": policy.sha256,
-        "buckets": list(f.buckets),
+        "buckets": list(buckets),
         "ignored_fields": sorted(extra) if extra else [],
         "shadow_issues": out.shadow,
     }
