@@ -308,3 +308,71 @@ def test_listing_events_by_kind(api: Api) -> None:
     assert sorted(d["kind"] for d in everything) == ["approval.created", "decision"]
     created = api.client.get("/v1/decisions?kind=approval.created", headers=h).json()["items"]
     assert created[0]["response"]["approval"]["status"] == "pending"
+
+
+def _comparable(response: object) -> tuple[int, object, str]:
+    body = response.json()  # type: ignore[attr-defined]
+    for volatile in ("request_id", "execution_token", "approval"):
+        if isinstance(body, dict):
+            body.pop(volatile, None)
+    return (response.status_code, body,  # type: ignore[attr-defined]
+            response.headers["content-type"])  # type: ignore[attr-defined]
+
+
+def test_the_asgi_fast_path_answers_like_the_route(api: Api) -> None:
+    """`POST /check` is answered straight from the ASGI call; the FastAPI route (its OpenAPI
+    description) answers the same for every kind of request."""
+    app = api.client.app
+    bearer = {"authorization": f"Bearer {api.key}"}
+    cases: list[tuple[object, dict[str, str]]] = [
+        (request(), {}),
+        (request(tools=["payments.create_payout"], constraints=["approval required"]), {}),
+        ({"goal": 7}, {}),
+        (request(), {"x-api-key": ""}),
+        (request(), {"x-api-key": "wrong"}),
+        (request(), bearer),
+    ]
+    for body, headers in cases:
+        sent = {"x-api-key": api.key, **headers}
+        if "authorization" in headers:
+            sent.pop("x-api-key")
+        fast = api.client.post("/check", json=body, headers=sent)
+        handler, app.check_handler = app.check_handler, None  # type: ignore[attr-defined]
+        try:
+            routed = api.client.post("/check", json=body, headers=sent)
+        finally:
+            app.check_handler = handler  # type: ignore[attr-defined]
+        assert _comparable(fast) == _comparable(routed), (body, headers)
+        assert fast.headers["x-request-id"]
+        assert int(fast.headers["content-length"]) == len(fast.content)
+
+
+def test_the_fast_path_streams_and_caps_a_large_body(api: Api) -> None:
+    def chunks() -> object:
+        yield b'{"goal": "a", "arguments": {"blob": "'
+        for _ in range(300):  # 1.2 MB, over the 1 MB limit, sent in chunks
+            yield b"x" * 4096
+        yield b'"}}'
+
+    answer = api.client.post("/check", content=chunks(),  # type: ignore[arg-type]
+                             headers={"x-api-key": api.key, "content-type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["verdict"] == "DENY"
+    assert f"body is {300 * 4096 + 40} bytes; the limit is" in answer.json()["detail"]
+
+
+def test_the_fast_path_fails_closed_with_one_error_shape(api: Api) -> None:
+    app = api.client.app
+    handler = app.check_handler  # type: ignore[attr-defined]
+
+    async def broken(*_: object) -> tuple[int, bytes, dict[str, str]]:
+        raise RuntimeError("boom")
+
+    app.check_handler = broken  # type: ignore[attr-defined]
+    try:
+        answer = api.client.post("/check", json=request(), headers={"x-api-key": api.key})
+    finally:
+        app.check_handler = handler  # type: ignore[attr-defined]
+    assert answer.status_code == 500
+    assert answer.json()["detail"] == "Internal error"
+    assert answer.headers["x-request-id"] == answer.json()["request_id"]

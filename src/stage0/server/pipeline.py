@@ -250,7 +250,8 @@ class Pipeline:
             self._apply_pending_policy()
             if job.op == "sweep":
                 metrics.QUEUE_DEPTH.dec()
-                self._process_sweep(job)
+                with self.store.writer_lock():
+                    self._process_sweep(job)
                 continue
             batch = [job]
             while len(batch) < self.batch_max:
@@ -263,7 +264,8 @@ class Pipeline:
                     break
                 batch.append(more)
             metrics.QUEUE_DEPTH.dec(len(batch))
-            self._process(batch)
+            with self.store.writer_lock():
+                self._process(batch)
 
     def _process_sweep(self, job: Job) -> None:
         now = self.clock()

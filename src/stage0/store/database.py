@@ -7,6 +7,7 @@ Everything else uses SQLAlchemy Core.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 
 DEFAULT_URL = "sqlite:///./stage0.db"
@@ -46,6 +47,7 @@ class Store:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = resolve_url(url)
+        self._lock_fd: int | None = None
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
             self.engine: Engine = create_engine(
@@ -56,6 +58,10 @@ class Store:
             )
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
+            database = make_url(self.url).database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                self._lock_fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT,
+                                        0o600)
         else:
             self.engine = create_engine(
                 self.url, pool_pre_ping=True, pool_size=4, max_overflow=4,
@@ -109,8 +115,31 @@ class Store:
             return statement
         return _NAMED.sub(r"%(\1)s", statement)
 
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Serialise the decision writers of every process on this store.
+
+        On SQLite the writers of several server processes contend for one write lock, and
+        SQLite's busy handler waits for it by sleeping in steps of up to 100 ms: under load a
+        writer could wait a second while the other took the lock again and again. A blocking
+        ``flock`` on a file beside the database makes them wait in the kernel instead and take
+        turns as soon as the lock is released. PostgreSQL (per-tenant advisory locks) and
+        in-memory SQLite need nothing.
+        """
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
