@@ -44,7 +44,8 @@ POLICY_INFO = Gauge(
     multiprocess_mode="liveall",
 )
 QUEUE_DEPTH = Gauge(
-    "stage0_audit_queue_depth", "Requests waiting for the decision log writer",
+    "stage0_audit_queue_depth",
+    "Requests waiting for the decision log writer (sampled as each batch starts)",
     multiprocess_mode="livesum",
 )
 

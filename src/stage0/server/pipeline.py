@@ -127,6 +127,18 @@ class Job:
     key: ApiKey | None = None
     parse_us: float = 0.0
 
+    def logged_request(self) -> tuple[str, str]:
+        """What the log keeps of the body: its redacted JSON and the masked paths (JSON).
+        The HTTP handler computes it before queueing, outside the writer's lock."""
+        if self._logged is None:
+            try:
+                request_obj = orjson.loads(self.raw)
+            except orjson.JSONDecodeError:
+                request_obj = {"_unparsed": self.raw[:4096].decode("utf-8", "replace")}
+            redacted, masked = redact(request_obj)
+            self._logged = (orjson.dumps(redacted).decode(), orjson.dumps(masked).decode())
+        return self._logged
+
     @property
     def input_sha256(self) -> str:
         """SHA-256 of the body as received (computed once per job)."""
@@ -135,6 +147,7 @@ class Job:
         return self._input_sha256
 
     _input_sha256: str | None = None
+    _logged: tuple[str, str] | None = None
 
 
 def error_body(status: int, detail: str, request_id: str, **extra: Any) -> dict[str, Any]:
@@ -226,7 +239,6 @@ class Pipeline:
 
     def submit(self, job: Job) -> Future[Outcome]:
         self._queue.put(job)
-        metrics.QUEUE_DEPTH.inc()
         return job.future
 
     def sweep(self) -> Future[Outcome]:
@@ -249,7 +261,7 @@ class Pipeline:
                 return
             self._apply_pending_policy()
             if job.op == "sweep":
-                metrics.QUEUE_DEPTH.dec()
+                metrics.QUEUE_DEPTH.set(self._queue.qsize())
                 with self.store.writer_lock():
                     self._process_sweep(job)
                 continue
@@ -263,7 +275,7 @@ class Pipeline:
                     self._queue.put(more)  # handled on its own, after this batch
                     break
                 batch.append(more)
-            metrics.QUEUE_DEPTH.dec(len(batch))
+            metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
             with self.store.writer_lock():
                 self._process(batch)
 
@@ -890,11 +902,7 @@ class Pipeline:
         status: int, kind: str, body: dict[str, Any], eval_us: float | None,
         encoded: bytes | None = None,
     ) -> None:
-        try:
-            request_obj = orjson.loads(job.raw)
-        except orjson.JSONDecodeError:
-            request_obj = {"_unparsed": job.raw[:4096].decode("utf-8", "replace")}
-        redacted, masked = redact(request_obj)
+        logged, masked = job.logged_request()
         record = {
             "tenant_id": key.tenant_id,
             "request_id": job.request_id,
@@ -913,8 +921,8 @@ class Pipeline:
                 sorted({normalize_name(t) for t in job.request.tools or []}) if job.request else []
             ).decode(),
             "buckets": orjson.dumps(body.get("buckets", [])).decode(),
-            "request": orjson.dumps(redacted).decode(),
-            "redacted_paths": orjson.dumps(masked).decode(),
+            "request": logged,
+            "redacted_paths": masked,
             "response": (encoded or orjson.dumps(body)).decode(),
             "frozen_time": self.frozen_time,
             "timings": orjson.dumps({
