@@ -137,8 +137,20 @@ class ApprovalStore:
             "count": "UPDATE approvals SET approvals_count = :n WHERE id = :i",
             "expired_ids": "SELECT id FROM approvals WHERE tenant_id = :t AND status = 'pending' "
                            "AND expires_us <= :now ORDER BY created_us LIMIT 100"}.items()}
-        self.cursor: Any = None
+        self._cursor: Any = None
         self.now_us = 0
+        self._open: dict[tuple[str, str], Approval | None] = {}
+        """``open_for`` answers of this transaction (kept current by this store's writes)."""
+
+    @property
+    def cursor(self) -> Any:
+        return self._cursor
+
+    @cursor.setter
+    def cursor(self, cursor: Any) -> None:
+        """A new transaction (or none): what was read in the last one no longer holds."""
+        self._cursor = cursor
+        self._open.clear()
 
     def _fetch(self, sql: str, params: dict[str, Any], *,
                votes_if_counted: bool = False) -> Approval | None:
@@ -170,8 +182,17 @@ class ApprovalStore:
     def open_for(self, tenant: str, digest: str, now_us: int) -> Approval | None:
         """The request for this exact action that can still move it forward: pending, or
         granted and within its execute-by window."""
-        return self._fetch("open", {"t": tenant, "d": digest, "now": now_us},
-                           votes_if_counted=True)
+        key = (tenant, digest)
+        if key in self._open:  # read before in this transaction; still open at ``now_us``?
+            cached = self._open[key]
+            row = cached.row if cached is not None else None
+            if row is None or (row["status"] == "pending" and row["expires_us"] > now_us) or (
+                    row["status"] == "approved" and (row["execute_by_us"] or 0) > now_us):
+                return cached
+        found = self._fetch("open", {"t": tenant, "d": digest, "now": now_us},
+                            votes_if_counted=True)
+        self._open[key] = found
+        return found
 
     def create(
         self, *, tenant: str, digest: str, action: dict[str, Any], buckets: list[str],
@@ -208,10 +229,13 @@ class ApprovalStore:
             "lifts": orjson.dumps(lifts).decode() if lifts is not None else None,
         }
         self.cursor.execute(self._sql["insert"], record)
-        return Approval(record, [])
+        approval = Approval(record, [])
+        self._open[(tenant, digest)] = approval  # the newest open request for the action
+        return approval
 
     def record_vote(self, approval: Approval, *, key_id: str, principal: str, decision: str,
                     reason: str, mfa: bool, now_us: int) -> None:
+        self._open.pop((approval.row["tenant_id"], approval.row["action_digest"]), None)
         self.cursor.execute(self._sql["vote"], {
             "a": approval.id, "t": approval.row["tenant_id"], "k": key_id, "p": principal,
             "d": decision, "r": reason, "m": int(mfa), "c": now_us})
@@ -226,6 +250,7 @@ class ApprovalStore:
     def set_status(self, approval: Approval, status: str, now_us: int,
                    used_by: str | None = None) -> None:
         row = approval.row
+        self._open.pop((row["tenant_id"], row["action_digest"]), None)
         row["status"] = status
         row["approvals_count"] = sum(1 for v in approval.votes if v["decision"] == "approve")
         if status == "used":
