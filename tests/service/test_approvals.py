@@ -393,3 +393,56 @@ def test_tokens_are_per_tenant_and_need_the_check_scope(api: Api) -> None:
     assert consume(api, agent, token, digest).status_code == 200
     agent, _, token, digest = tokens["acme"]
     assert consume(api, agent, token, digest).status_code == 200  # same jti, other tenant
+
+
+def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> None:
+    """Batches prefetch the open requests of their actions; the answers are those of one query
+    per DEFER: the same request for the same action, a new one per new action, votes seen."""
+    import time  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    from stage0.contract import parse_request  # noqa: PLC0415
+    from stage0.contract.request import parse_instant  # noqa: PLC0415
+    from stage0.policy import load_policy  # noqa: PLC0415
+    from stage0.server.pipeline import PREFETCH_FROM, Job, Pipeline  # noqa: PLC0415
+    from stage0.store.signing import ensure_signing_key  # noqa: PLC0415
+
+    ensure_signing_key(store)
+    _, agent = create_key(store, tenant="default", name="agent", scopes=["check"], plan="pro",
+                          unlimited=True, principal="agent-7")
+    _, approver = create_key(store, tenant="default", name="erin", scopes=["approve"],
+                             plan="pro", unlimited=True, principal="erin")
+    frozen = parse_instant(T0)
+    pipeline = Pipeline(store, load_policy(), clock=lambda: frozen)
+    bodies = [orjson.dumps({**PAYOUT, "arguments": {**PAYOUT["arguments"], "amount": n}})
+              for n in (100, 200, 300)]
+
+    def run(jobs: list[Job]) -> list[dict[str, Any]]:
+        pipeline._process(jobs)
+        return [orjson.loads(j.future.result().body)  # type: ignore[arg-type]
+                if isinstance(j.future.result().body, bytes) else j.future.result().body
+                for j in jobs]
+
+    def checks(n: int) -> list[Job]:
+        return [Job(secret=agent, raw=bodies[i % 3], request=parse_request(bodies[i % 3]),
+                    invalid=None, request_id=str(uuid.uuid4()), client_request_id=False,
+                    started=time.perf_counter()) for i in range(n)]
+
+    try:
+        assert PREFETCH_FROM <= 8
+        first = run(checks(8))
+        ids = [b["approval"]["approval_id"] for b in first]
+        assert len(set(ids)) == 3
+        assert ids[:3] == ids[3:6]  # the same action reuses its request within the batch
+        again = run(checks(8))
+        assert [b["approval"]["approval_id"] for b in again] == ids  # and across batches
+        vote = {"approval_id": ids[0], "reason": "ok", "totp": None}
+        run([Job(secret=approver, raw=orjson.dumps(vote), request=None, invalid=None,
+                 request_id=str(uuid.uuid4()), client_request_id=False,
+                 started=time.perf_counter(), op="approve", payload=vote)])
+        seen = run(checks(8))
+        assert seen[0]["approval"]["status"] == "approved"
+        assert seen[0]["approval"]["approvals"] == ["erin"]
+        assert seen[1]["approval"]["status"] == "pending"
+    finally:
+        pipeline.close()

@@ -210,6 +210,16 @@ class Engine:
             return ceiling
         return decision
 
+    def action_digest(self, request: CheckRequest) -> str | None:
+        """The ``action_digest`` this engine's active pack gives ``request`` (what the service
+        uses to read a batch's approval requests in one query); ``None`` without a pack."""
+        policy, classify = self.policy, self._classify
+        if policy is None or classify is None:
+            return None
+        f = derive_facts(request, policy, at=_EPOCH, tenant="",
+                         classification=classify(request), classifier=classify)
+        return _digest_of(request, f)
+
     # -- evaluation -------------------------------------------------------------------------
 
     def _goal_problems(self, goal: str, policy: CompiledPolicy) -> tuple[str, ...]:
@@ -241,11 +251,7 @@ class Engine:
             classifier=classify,
         )
         ctx = f.context
-        c = f.classification
-        digest = sorted_action_digest(
-            c.sorted_tools, c.sorted_side_effects, request.arguments, f.environment,
-            ctx.resource_scope, ctx.target_resources,
-        )
+        digest = _digest_of(request, f)
         out = Findings(f.pro)
         pin = request.policy_pack_version
         if self._pinned_from is not None:
@@ -355,6 +361,18 @@ class Engine:
                 "shadow_issues": [],
             }
         )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _digest_of(request: CheckRequest, f: Facts) -> str:
+    """The action digest: what an approval and an execution token are bound to."""
+    ctx, c = f.context, f.classification
+    return sorted_action_digest(
+        c.sorted_tools, c.sorted_side_effects, request.arguments, f.environment,
+        ctx.resource_scope, ctx.target_resources,
+    )
 
 
 def _mapping_sha256(body: dict[str, Any]) -> str:

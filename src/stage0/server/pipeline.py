@@ -86,6 +86,8 @@ SELECT_BY_REQUEST = (
 _KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_quota",
                 "daily_quota", "per_minute", "principal", "roles", "created_at", "revoked_at",
                 "totp_secret", "mfa_failures", "mfa_locked_until_us", "totp_last_step")
+PREFETCH_FROM = 4
+"""Batches of at least this many jobs read their open approval requests in one query."""
 MFA_MAX_FAILURES = 5
 MFA_LOCKOUT_S = 900
 
@@ -353,6 +355,8 @@ class Pipeline:
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
                 self.run_state.begin(cur)
                 self.approvals.cursor = cur
+                if len(batch) >= PREFETCH_FROM:
+                    self._prefetch_approvals(batch)
                 outcomes = [self._handle_safely(cur, job, state) for job in batch]
                 self.run_state.flush()
                 self._save_usage(cur, state)
@@ -385,6 +389,23 @@ class Pipeline:
         for job, outcome in zip(batch, outcomes, strict=True):
             outcome.headers.setdefault("x-request-id", job.request_id)
             job.future.set_result(outcome)
+
+    def _prefetch_approvals(self, batch: list[Job]) -> None:
+        """One query for the open approval requests of the batch's actions, instead of one
+        per DEFER (see ``ApprovalStore.prefetch_open``)."""
+        wanted: dict[str, set[str]] = {}
+        for job in batch:
+            if job.op != "check" or job.request is None or job.key is None:
+                continue
+            try:
+                digest = self.engine.action_digest(job.request)
+            except Exception:  # noqa: BLE001 - a prefetch is an optimisation; evaluation decides
+                continue
+            if digest:
+                wanted.setdefault(job.key.tenant_id, set()).add(digest)
+        now_us = int(self.clock().timestamp() * 1e6)
+        for tenant, digests in wanted.items():
+            self.approvals.prefetch_open(tenant, digests, now_us)
 
     def _lookup_key(self, cur: Any, secret: str, key_id: str | None = None) -> ApiKey | None:
         if key_id is not None:
