@@ -444,5 +444,19 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
         assert seen[0]["approval"]["status"] == "approved"
         assert seen[0]["approval"]["approvals"] == ["erin"]
         assert seen[1]["approval"]["status"] == "pending"
+
+        # runs are read once per batch too, and counted in order across batches
+        runs = [orjson.dumps({**orjson.loads(bodies[0]), "context": {
+            **PAYOUT["context"], "run_id": f"run-{i % 2}"}}) for i in range(8)]
+
+        def run_jobs() -> list[Job]:
+            return [Job(secret=agent, raw=b, request=parse_request(b), invalid=None,
+                        request_id=str(uuid.uuid4()), client_request_id=False,
+                        started=time.perf_counter()) for b in runs]
+
+        counted = [b["guardrail_checks"]["loop"]["iteration"] for b in run(run_jobs())]
+        assert counted == [1, 1, 2, 2, 3, 3, 4, 4]
+        counted = [b["guardrail_checks"]["loop"]["iteration"] for b in run(run_jobs())]
+        assert counted == [5, 5, 6, 6, 7, 7, 8, 8]
     finally:
         pipeline.close()

@@ -392,11 +392,15 @@ class Pipeline:
 
     def _prefetch_approvals(self, batch: list[Job]) -> None:
         """One query for the open approval requests of the batch's actions, instead of one
-        per DEFER (see ``ApprovalStore.prefetch_open``)."""
+        per DEFER (see ``ApprovalStore.prefetch_open``), and one for its runs."""
         wanted: dict[str, set[str]] = {}
+        runs: dict[str, set[str]] = {}
         for job in batch:
             if job.op != "check" or job.request is None or job.key is None:
                 continue
+            ctx = job.request.context
+            if ctx is not None and ctx.run_id is not None:
+                runs.setdefault(job.key.tenant_id, set()).add(ctx.run_id)
             try:
                 digest = self.engine.action_digest(job.request)
             except Exception:  # noqa: BLE001 - a prefetch is an optimisation; evaluation decides
@@ -406,6 +410,8 @@ class Pipeline:
         now_us = int(self.clock().timestamp() * 1e6)
         for tenant, digests in wanted.items():
             self.approvals.prefetch_open(tenant, digests, now_us)
+        for tenant, run_ids in runs.items():
+            self.run_state.prefetch(tenant, run_ids)
 
     def _lookup_key(self, cur: Any, secret: str, key_id: str | None = None) -> ApiKey | None:
         if key_id is not None:
