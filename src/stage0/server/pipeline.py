@@ -261,25 +261,40 @@ class Pipeline:
             job = self._queue.get()
             if job is None:
                 return
-            self._apply_pending_policy()
-            if job.op == "sweep":
-                metrics.QUEUE_DEPTH.set(self._queue.qsize())
-                with self.store.writer_lock():
-                    self._process_sweep(job)
-                continue
             batch = [job]
-            while len(batch) < self.batch_max:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None or more.op == "sweep":
-                    self._queue.put(more)  # handled on its own, after this batch
-                    break
-                batch.append(more)
-            metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
+            try:
+                self._run_one(job, batch)
+            except Exception:  # never let the writer die: fail what it held closed, go on
+                log.exception("the decision writer failed; failing %d request(s) closed",
+                              len(batch))
+                metrics.FAIL_CLOSED.labels(reason="internal").inc(len(batch))
+                for held in batch:
+                    if not held.future.done():
+                        held.future.set_result(Outcome(503, fail_closed_body(
+                            held.request_id, "The decision writer failed; failing closed",
+                            self.policy_version), {"x-request-id": held.request_id}))
+
+    def _run_one(self, job: Job, batch: list[Job]) -> None:
+        """One turn of the writer: a sweep, or a batch of the jobs queued (``batch`` is filled
+        in place, so that :meth:`_run` can fail them closed if anything here raises)."""
+        self._apply_pending_policy()
+        if job.op == "sweep":
+            metrics.QUEUE_DEPTH.set(self._queue.qsize())
             with self.store.writer_lock():
-                self._process(batch)
+                self._process_sweep(job)
+            return
+        while len(batch) < self.batch_max:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None or more.op == "sweep":
+                self._queue.put(more)  # handled on its own, after this batch
+                break
+            batch.append(more)
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
+        with self.store.writer_lock():
+            self._process(batch)
 
     def _process_sweep(self, job: Job) -> None:
         now = self.clock()
@@ -321,7 +336,8 @@ class Pipeline:
             except Exception:
                 log.debug("rollback failed", exc_info=True)
             self._drop_connection()
-        job.future.set_result(Outcome(200, {"expired": expired}))
+        if not job.future.done():
+            job.future.set_result(Outcome(200, {"expired": expired}))
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -388,7 +404,8 @@ class Pipeline:
             ]
         for job, outcome in zip(batch, outcomes, strict=True):
             outcome.headers.setdefault("x-request-id", job.request_id)
-            job.future.set_result(outcome)
+            if not job.future.done():  # a caller that gave up may have cancelled it
+                job.future.set_result(outcome)
 
     def _prefetch_approvals(self, batch: list[Job]) -> None:
         """One query for the open approval requests of the batch's actions, instead of one

@@ -7,7 +7,7 @@ Everything else uses SQLAlchemy Core.
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -15,11 +15,17 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
+try:  # POSIX; elsewhere the writers rely on SQLite's own locking alone
+    import fcntl
+except ImportError:  # pragma: no cover - not on the supported platforms
+    fcntl = None  # type: ignore[assignment]
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 
+log = logging.getLogger("stage0.store")
 DEFAULT_URL = "sqlite:///./stage0.db"
 URL_ENV = "STAGE0_DATABASE_URL"
 
@@ -48,6 +54,7 @@ class Store:
     def __init__(self, url: str | None = None) -> None:
         self.url = resolve_url(url)
         self._lock_fd: int | None = None
+        self._lock_path: str | None = None
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
             self.engine: Engine = create_engine(
@@ -59,9 +66,9 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
             database = make_url(self.url).database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                self._lock_fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT,
-                                        0o600)
+            if (fcntl is not None and database and database != ":memory:"
+                    and not database.startswith("file:")):
+                self._lock_path = f"{database}-writer.lock"
         else:
             self.engine = create_engine(
                 self.url, pool_pre_ping=True, pool_size=4, max_overflow=4,
@@ -126,14 +133,29 @@ class Store:
         turns as soon as the lock is released. PostgreSQL (per-tenant advisory locks) and
         in-memory SQLite need nothing.
         """
-        if self._lock_fd is None:
+        fd = self._writer_lock_fd()
+        if fd is None:
             yield
             return
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _writer_lock_fd(self) -> int | None:
+        """The lock file, opened on first use. The lock only spares SQLite's busy handler
+        (SQLite's own lock is what keeps writes correct), so a lock file that cannot be opened
+        (a read-only directory, a file system without ``flock``) means no lock, with a warning
+        once."""
+        if self._lock_fd is None and self._lock_path is not None:
+            try:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o660)
+            except OSError as exc:
+                log.warning("no writer lock file (%s); SQLite's own locking alone serialises "
+                            "the writers", exc)
+                self._lock_path = None
+        return self._lock_fd
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,122 @@
+"""The decision writer under faults: it never dies, callers never wait forever, and the
+migrations bring an early database up to date."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from stage0.server import app as app_module
+from stage0.store import Store
+from tests.helpers import request
+from tests.service.conftest import Api, running_app
+
+
+def test_a_lock_failure_fails_its_batch_closed_and_the_writer_goes_on(api: Api) -> None:
+    pipeline_store = _pipeline(api).store
+    real = pipeline_store.writer_lock
+    calls = {"n": 0}
+
+    @contextmanager
+    def flaky() -> Iterator[None]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(37, "No locks available")
+        with real():
+            yield
+
+    pipeline_store.writer_lock = flaky  # type: ignore[method-assign]
+    try:
+        failed = api.check(request())
+        assert failed.status_code == 503
+        assert failed.json()["verdict"] == "DENY"
+        assert failed.headers["x-request-id"] == failed.json()["request_id"]
+        assert api.check(request()).json()["verdict"] == "ALLOW"  # the writer lived on
+    finally:
+        pipeline_store.writer_lock = real  # type: ignore[method-assign]
+
+
+def test_a_stuck_writer_answers_a_fail_closed_503_in_time(api: Api,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "DECISION_TIMEOUT_S", 0.3)
+    pipeline_store = _pipeline(api).store
+    real = pipeline_store.writer_lock
+    release = threading.Event()
+
+    @contextmanager
+    def stuck() -> Iterator[None]:
+        release.wait(10)
+        with real():
+            yield
+
+    pipeline_store.writer_lock = stuck  # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        answer = api.check(request())
+        assert time.monotonic() - started < 5
+        assert answer.status_code == 503
+        assert answer.json()["verdict"] == "DENY"
+        assert "No decision within 0.3 s" in answer.json()["detail"]
+        assert answer.headers["retry-after"] == "1"
+    finally:
+        release.set()
+        pipeline_store.writer_lock = real  # type: ignore[method-assign]
+    assert api.check(request()).json()["verdict"] == "ALLOW"
+
+
+def test_no_lock_file_means_sqlite_locking_alone(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store._lock_path = str(tmp_path / "missing" / "dir" / "s.db-writer.lock")
+    with store.writer_lock():
+        pass
+    assert "no writer lock file" in caplog.text
+    store.dispose()
+
+
+def test_migration_0007_recounts_pending_approvals_and_adds_lifts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'early.db'}"
+    store = Store(url)
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("stage0.store").joinpath("migrations")))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0006")
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO approvals (id, tenant_id, status, action_digest, action, buckets, "
+            "request_id, requested_by_key, policy_version, required_approvals, "
+            "approvals_count, eligible_roles, requires_mfa, execute_within_s, created_us, "
+            "expires_us) VALUES ('apr_1', 'default', 'pending', 'd', '{}', '[]', 'r', 'k', "
+            "'p@1.0.0', 2, 0, '[]', 0, 900, 1, 9000000000000000)"))
+        conn.execute(text(
+            "INSERT INTO approval_votes (approval_id, tenant_id, key_id, principal, decision, "
+            "reason, mfa, created_us) VALUES ('apr_1', 'default', 'k2', 'alice', 'approve', "
+            "'ok', 0, 2)"))
+    store.migrate()
+    with store.engine.connect() as conn:
+        assert conn.execute(text(
+            "SELECT approvals_count FROM approvals WHERE id = 'apr_1'")).scalar() == 1
+        assert conn.execute(text("SELECT lifts FROM approvals")).fetchall() == [(None,)]
+    store.dispose()
+
+
+def _pipeline(api: Api) -> app_module.Pipeline:
+    pipeline: app_module.Pipeline = api.client.app.state.stage0["pipeline"]
+    return pipeline
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[Api]:
+    with running_app(db_url) as a:
+        yield a
