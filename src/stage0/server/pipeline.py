@@ -283,17 +283,19 @@ class Pipeline:
             with self.store.writer_lock():
                 self._process_sweep(job)
             return
-        while len(batch) < self.batch_max:
-            try:
-                more = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if more is None or more.op == "sweep":
-                self._queue.put(more)  # handled on its own, after this batch
-                break
-            batch.append(more)
-        metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
         with self.store.writer_lock():
+            # gathered once the lock is ours: what queued while another process held it joins
+            # this batch (one commit, one fsync for all of it) instead of waiting a turn
+            while len(batch) < self.batch_max:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or more.op == "sweep":
+                    self._queue.put(more)  # handled on its own, after this batch
+                    break
+                batch.append(more)
+            metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
             self._process(batch)
 
     def _process_sweep(self, job: Job) -> None:
