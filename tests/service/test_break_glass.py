@@ -19,6 +19,7 @@ from stage0.policy.loader import default_pack_text
 from stage0.store import ledger
 from stage0.store.keys import create_key
 from tests.service.conftest import Api, running_app
+from tests.service.test_approvals import strict_pack
 from tests.service.test_console import Console
 from tests.service.test_reload import wait_until
 
@@ -239,19 +240,6 @@ def test_cli_break_glass(db_url: str) -> None:
     assert [a["kind"] for a in orjson.loads(listed.stdout)] == ["break_glass"]
     report = runner.invoke(cli, ["audit", "break-glass", "--db", db_url, "--format", "json"])
     assert orjson.loads(report.stdout)[0]["status"] == "approved"
-
-
-def strict_pack(tmp_path: Path) -> str:
-    text = default_pack_text().replace(
-        "  quorum: 1             # approvals needed; one rejection ends the request\n"
-        "  approver_roles: []    # empty: any principal whose key has the `approve` scope\n"
-        "  approver_mfa: false   # true: approvers must send a valid TOTP code\n",
-        "  quorum: 2\n  approver_roles: [risk_ops]\n  approver_mfa: true\n",
-    )
-    assert "quorum: 2" in text
-    path = tmp_path / "strict.yaml"
-    path.write_text(text)
-    return str(path)
 
 
 def test_break_glass_does_not_stand_in_for_the_approval_rule(db_url: str,

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from stage0.server import app as app_module
+from stage0.server import pipeline as pipeline_module
 from stage0.store import Store
 from tests.helpers import request
 from tests.service.conftest import Api, running_app
@@ -47,7 +47,7 @@ def test_a_lock_failure_fails_its_batch_closed_and_the_writer_goes_on(api: Api) 
 
 def test_a_stuck_writer_answers_a_fail_closed_503_in_time(api: Api,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "DECISION_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(pipeline_module, "DECISION_TIMEOUT_S", 0.3)
     pipeline_store = _pipeline(api).store
     real = pipeline_store.writer_lock
     release = threading.Event()
@@ -111,8 +111,8 @@ def test_migration_0007_recounts_pending_approvals_and_adds_lifts(tmp_path: Path
     store.dispose()
 
 
-def _pipeline(api: Api) -> app_module.Pipeline:
-    pipeline: app_module.Pipeline = api.client.app.state.stage0["pipeline"]
+def _pipeline(api: Api) -> pipeline_module.Pipeline:
+    pipeline: pipeline_module.Pipeline = api.client.app.state.stage0["pipeline"]
     return pipeline
 
 

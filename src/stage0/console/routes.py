@@ -8,7 +8,6 @@ and rejecting go through the decision pipeline exactly like ``POST /v1/approvals
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import secrets
 import time
@@ -285,7 +284,7 @@ def build_router(state: dict[str, Any], settings: ConsoleSettings) -> APIRouter:
                       request_id=str(uuid.uuid4()), client_request_id=False,
                       started=time.perf_counter(), op=op, payload=payload,
                       key_id=session.key.id)
-            outcome = await asyncio.wrap_future(state["pipeline"].submit(job))
+            outcome = await state["pipeline"].answer(job)
             body = outcome.body if isinstance(outcome.body, dict) else orjson.loads(outcome.body)
             status = outcome.status
             if status == 200:

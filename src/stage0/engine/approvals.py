@@ -79,12 +79,13 @@ def check_approval(
             # freeze: it must hold for this exact action, like any approval.
             evidence = resolver.resolve(tenant, approval_id)
             if evidence is not None and evidence.kind == "break_glass":
-                _check_server_approval(out, check, policy, None, approval_id, at, tenant,
-                                       digest, resolver)
+                _check_server_approval(out, check, policy, None, approval_id, at, digest,
+                                       evidence)
         return
     if approval_id is not None:
-        _check_server_approval(out, check, policy, policy.approval_rule(buckets), approval_id,
-                               at, tenant, digest, resolver)
+        _check_server_approval(
+            out, check, policy, policy.approval_rule(buckets), approval_id, at, digest,
+            resolver.resolve(tenant, approval_id) if resolver is not None else None)
         return
     if status == "approved":
         if verified_only:
@@ -138,11 +139,9 @@ def _check_server_approval(
     rule: ApprovalRule | None,
     approval_id: str,
     at: datetime,
-    tenant: str,
     digest: str,
-    resolver: ApprovalResolver | None,
+    evidence: ApprovalEvidence | None,
 ) -> None:
-    evidence = resolver.resolve(tenant, approval_id) if resolver is not None else None
     if evidence is None:
         out.add(
             "APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is not known to this server"

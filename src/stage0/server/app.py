@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -31,7 +30,7 @@ from stage0.engine.evaluate import uuid4_id
 from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.policy.packset import PackSet, load_pack_set
 from stage0.server import metrics
-from stage0.server.pipeline import Job, Outcome, Pipeline, error_body, fail_closed_body
+from stage0.server.pipeline import Job, Pipeline, error_body
 from stage0.server.reload import PolicyReloader
 from stage0.store import Store, ledger
 from stage0.store import approvals as approvals_store
@@ -43,7 +42,6 @@ from stage0.store.webhooks import Deliverer, deliveries_for
 
 log = logging.getLogger("stage0.server")
 GC_THRESHOLD = int(os.environ.get("STAGE0_GC_THRESHOLD", "20000"))
-DECISION_TIMEOUT_S = float(os.environ.get("STAGE0_DECISION_TIMEOUT_S", "15"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,20 +334,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status, content, headers = await decide_check(request.headers.get, raw, len(raw))
         return Response(content, status, headers=headers, media_type="application/json")
 
-    async def decided(job: Job) -> Outcome:
-        """The writer's answer to ``job``, or a fail-closed 503 when none comes in time (a
-        writer stuck on a lock or a store that hangs): the caller is never left waiting."""
-        pipeline: Pipeline = state["pipeline"]
-        waiting = asyncio.wrap_future(pipeline.submit(job))
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiting), DECISION_TIMEOUT_S)
-        except TimeoutError:
-            metrics.FAIL_CLOSED.labels(reason="timeout").inc()
-            return Outcome(503, fail_closed_body(
-                job.request_id, f"No decision within {DECISION_TIMEOUT_S:g} s (the decision "
-                "log is not keeping up); failing closed", pipeline.policy_version),
-                {"x-request-id": job.request_id, "retry-after": "1"})
-
     async def decide_check(header: Callable[[str], str | None], raw: bytes,
                            size: int) -> tuple[int, bytes, dict[str, str]]:
         """One ``/check``: the FastAPI route and the ASGI fast path both answer with this.
@@ -380,7 +364,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:  # the writer tries again, and fails this one closed
             log.debug("could not prepare the log's copy of %s", rid, exc_info=True)
         _ = job.input_sha256
-        outcome = await decided(job)
+        outcome = await state["pipeline"].answer(job)
         metrics.LATENCY.observe(time.perf_counter() - started)
         content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
         return outcome.status, content, outcome.headers
@@ -484,7 +468,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job = Job(secret=secret, raw=orjson.dumps(payload), request=None, invalid=None,
                   request_id=rid, client_request_id=False, started=time.perf_counter(),
                   op=op, payload=payload)
-        outcome = await decided(job)
+        outcome = await state["pipeline"].answer(job)
         content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
         return Response(content, outcome.status, headers=outcome.headers,
                         media_type="application/json")

@@ -14,8 +14,10 @@ batch opens a fresh connection, so the service recovers without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -86,6 +88,7 @@ SELECT_BY_REQUEST = (
 _KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_quota",
                 "daily_quota", "per_minute", "principal", "roles", "created_at", "revoked_at",
                 "totp_secret", "mfa_failures", "mfa_locked_until_us", "totp_last_step")
+DECISION_TIMEOUT_S = float(os.environ.get("STAGE0_DECISION_TIMEOUT_S", "15"))
 PREFETCH_FROM = 4
 """Batches of at least this many jobs read their open approval requests in one query."""
 MFA_MAX_FAILURES = 5
@@ -150,6 +153,21 @@ class Job:
 
     _input_sha256: str | None = None
     _logged: tuple[str, str] | None = None
+
+
+def _refusal(status: int, code: str, detail: str, request_id: str, **extra: Any) -> Outcome:
+    """A refused approval, break-glass or token operation: the error shape with its ``code``
+    (and ``retry-after`` when the refusal says when to try again)."""
+    return Outcome(status, error_body(status, detail, request_id, code=code, **extra),
+                   {"retry-after": str(extra["retry_after_seconds"])}
+                   if "retry_after_seconds" in extra else {})
+
+
+def _is_requester(key: ApiKey, key_id: object, principal: object, actor: object) -> bool:
+    """Whether ``key`` asked for the action (same key, principal or actor): it cannot decide."""
+    me = normalize_principal(key.principal or key.id)
+    return key.id == key_id or me in {normalize_principal(str(principal) if principal else None),
+                                      normalize_principal(str(actor) if actor else None)}
 
 
 def error_body(status: int, detail: str, request_id: str, **extra: Any) -> dict[str, Any]:
@@ -242,6 +260,20 @@ class Pipeline:
     def submit(self, job: Job) -> Future[Outcome]:
         self._queue.put(job)
         return job.future
+
+    async def answer(self, job: Job) -> Outcome:
+        """Submit ``job`` and wait for the writer's answer — or, when none comes within
+        ``STAGE0_DECISION_TIMEOUT_S`` (a writer stuck on a lock, a store that hangs), a
+        fail-closed 503: no caller is left waiting. The job may still be logged later."""
+        waiting = asyncio.wrap_future(self.submit(job))
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), DECISION_TIMEOUT_S)
+        except TimeoutError:
+            metrics.FAIL_CLOSED.labels(reason="timeout").inc()
+            return Outcome(503, fail_closed_body(
+                job.request_id, f"No decision within {DECISION_TIMEOUT_S:g} s (the decision "
+                "log is not keeping up); failing closed", self.policy_version),
+                {"x-request-id": job.request_id, "retry-after": "1"})
 
     def sweep(self) -> Future[Outcome]:
         """Expire pending approvals past their expiry (logged, webhooks queued)."""
@@ -533,9 +565,7 @@ class Pipeline:
             self._log_event(state, chain, key, now, "approval.refused", None,
                             {"approval_id": p.get("approval_id"), "code": code,
                              "decision": job.op})
-            return Outcome(status, error_body(status, detail, rid, code=code, **extra),
-                           {"retry-after": str(extra["retry_after_seconds"])}
-                           if "retry_after_seconds" in extra else {})
+            return _refusal(status, code, detail, rid, **extra)
 
         if "approve" not in key.scopes and "admin" not in key.scopes:
             return refuse(403, "APPROVER_SCOPE_MISSING",
@@ -556,9 +586,8 @@ class Pipeline:
         principal = key.principal or key.id
         me = normalize_principal(principal)
         row = approval.row
-        if (key.id == row["requested_by_key"] or me in {
-                normalize_principal(row["requested_by_principal"]),
-                normalize_principal(row["actor_id"])}):
+        if _is_requester(key, row["requested_by_key"], row["requested_by_principal"],
+                         row["actor_id"]):
             return refuse(403, "SELF_APPROVAL",
                           "The requester cannot decide its own approval request")
         eligible = set(orjson.loads(row["eligible_roles"]))
@@ -629,9 +658,7 @@ class Pipeline:
             metrics.REFUSED.labels(status=str(status)).inc()
             self._log_event(state, chain, key, now, "break_glass.refused", None,
                             {"request_id": target, "code": code})
-            return Outcome(status, error_body(status, detail, rid, code=code, **extra),
-                           {"retry-after": str(extra["retry_after_seconds"])}
-                           if "retry_after_seconds" in extra else {})
+            return _refusal(status, code, detail, rid, **extra)
 
         if "approve" not in key.scopes and "admin" not in key.scopes:
             return refuse(403, "APPROVER_SCOPE_MISSING",
@@ -696,9 +723,7 @@ class Pipeline:
         cur.execute(self._sql["principal"], {"k": requester_key})
         requester = cur.fetchone()
         requester_principal = requester[0] if requester is not None else None
-        me = normalize_principal(key.principal or key.id)
-        if key.id == requester_key or me in {normalize_principal(requester_principal),
-                                             normalize_principal(actor)}:
+        if _is_requester(key, requester_key, requester_principal, actor):
             return refuse(403, "SELF_APPROVAL",
                           "The requester cannot break glass for its own action")
         buckets = list(orjson.loads(buckets_json))
@@ -767,7 +792,7 @@ class Pipeline:
         def refuse(status: int, code: str, detail: str) -> Outcome:
             self._log_event(state, chain, key, now, "token.refused", None, {"code": code},
                             digest=str(p.get("action_digest") or "")[:64])
-            return Outcome(status, error_body(status, detail, rid, code=code))
+            return _refusal(status, code, detail, rid)
 
         if "check" not in key.scopes and "admin" not in key.scopes:
             return refuse(403, "TOKEN_SCOPE_MISSING",
