@@ -139,6 +139,13 @@ class Approval:
         )
 
 
+def _no_votes(record: dict[str, Any]) -> bool:
+    """A pending request with no approve vote has no votes at all (a rejection ends it), so
+    reading it spares the votes query, a round trip on PostgreSQL, for every DEFER reusing it.
+    ``approvals_count`` is kept current on every vote (migration 0007 recounted old rows)."""
+    return record["status"] == "pending" and not record["approvals_count"]
+
+
 class ApprovalStore:
     """Approval operations on the pipeline's cursor (inside its transaction)."""
 
@@ -175,9 +182,7 @@ class ApprovalStore:
         if row is None:
             return None
         record = dict(zip(COLUMNS, row, strict=True))
-        if votes_if_counted and record["status"] == "pending" and not record["approvals_count"]:
-            # a pending request with no approve vote has no votes at all (a rejection ends
-            # it): spare the query, a round trip on PostgreSQL, for every DEFER that reuses it
+        if votes_if_counted and _no_votes(record):
             return Approval(record, [])
         cur.execute(self._sql["votes"], {"a": record["id"]})
         votes = [dict(zip(("principal", "key_id", "decision", "reason", "mfa", "created_us"), v,
@@ -205,7 +210,7 @@ class ApprovalStore:
             hit = found.get(digest)
             if hit is None:
                 self._open[(tenant, digest)] = None
-            elif hit["status"] == "pending" and not hit["approvals_count"]:
+            elif _no_votes(hit):
                 self._open[(tenant, digest)] = Approval(hit, [])
             # otherwise (votes to read) ``open_for`` reads it the usual way
 
