@@ -88,7 +88,7 @@ def _store(db: str | None) -> Iterator[Store]:
 def serve(host: str, port: int, db: str | None, policy_path: str | None, workers: int,
           frozen_time: str | None, access_log: bool) -> None:
     """Serve the Stage0 HTTP API (POST /check, GET /usage, the decision log, health, metrics)."""
-    import uvicorn  # noqa: PLC0415 - only the server needs it
+    from stage0.server import workers as workers_  # noqa: PLC0415 - only the server needs it
 
     if frozen_time is not None:
         _instant(frozen_time, "--frozen-time")
@@ -129,10 +129,13 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
         os.environ["STAGE0_FROZEN_TIME"] = frozen_time
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stage0-metrics-")
-    uvicorn.run(
-        "stage0.server.app:create_app_from_env", factory=True, host=host, port=port,
-        workers=workers, access_log=access_log, log_level="info",
-    )
+    try:
+        code = workers_.serve("stage0.server.app:create_app_from_env", host=host, port=port,
+                              workers=workers, access_log=access_log, log_level="info")
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    if code:
+        sys.exit(code)
 
 
 @click.group()

@@ -1,0 +1,202 @@
+"""``stage0 serve --workers N``: N server processes, each with its own listening socket.
+
+uvicorn's multi-process mode gives every worker the same listening socket, and the first worker
+to wake takes a whole burst of new connections: under a load that opens its connections at
+once, one worker was seen holding 55 of 64 keep-alive connections, so one process (one GIL,
+one core) did almost all the work. Here every worker listens on a socket of its own bound with
+``SO_REUSEPORT``, and the kernel spreads incoming connections over them by a hash of the
+connection, so the load divides evenly (Linux; elsewhere the workers share one socket, as
+uvicorn does).
+
+The supervisor (the parent process) binds the sockets and keeps them open, so a worker that
+dies is replaced on the same socket and the connections that arrive meanwhile wait in its
+backlog rather than being refused. SIGINT and SIGTERM stop the workers; SIGHUP is passed on to
+them (each reloads its policy pack in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("stage0.workers")
+STARTUP_FAILURE = 3
+"""The exit code of a uvicorn worker that failed before serving (the app or the socket is
+broken): restarting it would fail the same way, so the supervisor stops."""
+RESTART_DELAY_S = 1.0
+
+multiprocessing.allow_connection_pickling()
+_spawn = multiprocessing.get_context("spawn")
+
+
+def reuse_port_supported() -> bool:
+    """Whether the kernel balances connections over ``SO_REUSEPORT`` sockets (Linux does; on
+    BSD and macOS the newest socket takes them all)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_sockets(host: str, port: int, count: int, *, backlog: int = 2048) -> list[socket.socket]:
+    """``count`` listening sockets on ``host:port``, bound with ``SO_REUSEPORT``.
+
+    First the port is bound once without ``SO_REUSEPORT``: that fails when anything already
+    listens there, another ``stage0 serve`` included (``SO_REUSEPORT`` alone would let two
+    servers split the traffic without a word). Port 0 takes the port the first socket gets.
+    """
+    family = _family(host)
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        port = probe.getsockname()[1]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(backlog)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _worker(config: uvicorn.Config, sock: socket.socket) -> None:
+    """A worker process: uvicorn's server on its own socket."""
+    config.configure_logging()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@dataclass
+class _Slot:
+    sock: socket.socket
+    process: SpawnProcess | None = None
+    died_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    """Starts one worker per socket, replaces workers that die, and stops them on a signal."""
+
+    config: uvicorn.Config
+    sockets: list[socket.socket]
+    slots: list[_Slot] = field(default_factory=list)
+    should_exit: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> int:
+        self.slots = [_Slot(sock) for sock in self.sockets]
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        host, port = self.sockets[0].getsockname()[:2]
+        log.info("stage0 serve: %d worker processes on http://%s:%d, each with its own "
+                 "listening socket (SO_REUSEPORT)", len(self.slots), host, port)
+        code = 0
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while not self.should_exit.wait(0.25):
+                code = self._keep_alive()
+                if code:
+                    self.should_exit.set()
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for sock in self.sockets:
+                sock.close()
+        return code
+
+    def _on_signal(self, sig: int, _frame: Any) -> None:
+        if sig == signal.SIGHUP:
+            for slot in self.slots:
+                if slot.process is not None and slot.process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.process.pid, signal.SIGHUP)
+            return
+        self.should_exit.set()
+
+    def _start(self, slot: _Slot) -> None:
+        process = _spawn.Process(target=_worker, args=(self.config, slot.sock),
+                                 name="stage0-worker")
+        process.start()
+        slot.process, slot.died_at = process, None
+        log.info("started worker process [%s]", process.pid)
+
+    def _keep_alive(self) -> int:
+        """Replace dead workers (after a short pause); a worker that could not start stops
+        the supervisor with its exit code."""
+        now = time.monotonic()
+        for slot in self.slots:
+            process = slot.process
+            if process is not None and process.exitcode is not None:
+                if process.exitcode == STARTUP_FAILURE:
+                    log.error("worker process [%s] failed to start; stopping", process.pid)
+                    return STARTUP_FAILURE
+                log.warning("worker process [%s] exited with %s; replacing it", process.pid,
+                            process.exitcode)
+                _forget_metrics(process.pid)
+                slot.process, slot.died_at = None, now
+            if slot.process is None and slot.died_at is not None and (
+                    now - slot.died_at >= RESTART_DELAY_S) and not self.should_exit.is_set():
+                self._start(slot)
+        return 0
+
+    def _stop_all(self) -> None:
+        running = [s.process for s in self.slots if s.process is not None]
+        for process in running:
+            if process.exitcode is None and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                log.warning("worker process [%s] did not stop; killing it", process.pid)
+                process.kill()
+                process.join()
+
+
+def _forget_metrics(pid: int | None) -> None:
+    """Drop a dead worker's live gauges from the shared metrics (prometheus_client)."""
+    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    try:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    except OSError:
+        log.debug("could not clear the metrics of worker %s", pid, exc_info=True)
+
+
+def serve(app: str, *, host: str, port: int, workers: int, **options: Any) -> int:
+    """Serve ``app`` (an import string of an app factory) with ``workers`` processes."""
+    if workers <= 1 or not reuse_port_supported():
+        uvicorn.run(app, factory=True, host=host, port=port, workers=workers, **options)
+        return 0
+    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
+                            **options)
+    config.configure_logging()
+    sockets = bind_sockets(host, port, workers, backlog=config.backlog)
+    return Supervisor(config, sockets).run()
