@@ -120,3 +120,37 @@ def _pipeline(api: Api) -> pipeline_module.Pipeline:
 def api(db_url: str) -> Iterator[Api]:
     with running_app(db_url) as a:
         yield a
+
+
+def test_sqlite_checkpoints_in_the_background_after_commits_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "CHECKPOINT_INTERVAL_S", 0.02)
+    calls: list[float] = []
+    real = Store.checkpoint
+
+    def counted(self: Store) -> None:
+        calls.append(time.monotonic())
+        real(self)
+
+    monkeypatch.setattr(Store, "checkpoint", counted)
+    with running_app(f"sqlite:///{tmp_path / 'stage0.db'}") as api:
+        time.sleep(0.2)
+        assert calls == []  # nothing committed, nothing to copy
+        for _ in range(5):
+            assert api.check(request()).status_code == 200
+        time.sleep(0.3)  # some 15 intervals: the commits are all seen
+        assert calls, "no checkpoint after the commits"
+        wal = tmp_path / "stage0.db-wal"
+        with Store(f"sqlite:///{tmp_path / 'stage0.db'}").engine.connect() as conn:
+            busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        assert busy == 0
+        assert frames == copied  # the log is all in the database file already
+        assert wal.exists()
+        settled = len(calls)
+        time.sleep(0.2)
+        assert len(calls) == settled  # idle: no more checkpoints
+
+
+def test_memory_and_postgresql_stores_have_no_checkpointer(api: Api) -> None:
+    pipeline = _pipeline(api)
+    assert (pipeline._checkpointer is not None) == pipeline.store.file_backed

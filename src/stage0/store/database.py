@@ -55,6 +55,9 @@ class Store:
         self.url = resolve_url(url)
         self._lock_fd: int | None = None
         self._lock_path: str | None = None
+        self._checkpoint_conn: Any = None
+        self.file_backed = False
+        """An SQLite database in a file (one with a write-ahead log to checkpoint)."""
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
             self.engine: Engine = create_engine(
@@ -69,6 +72,7 @@ class Store:
             if (fcntl is not None and database and database != ":memory:"
                     and not database.startswith("file:")):
                 self._lock_path = f"{database}-writer.lock"
+                self.file_backed = True
         else:
             self.engine = create_engine(
                 self.url, pool_pre_ping=True, pool_size=4, max_overflow=4,
@@ -157,7 +161,25 @@ class Store:
                 self._lock_path = None
         return self._lock_fd
 
+    def checkpoint(self) -> None:
+        """A passive WAL checkpoint on a connection of its own: copies what it can of the log
+        into the database file without waiting for (or blocking) readers and writers."""
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = self.engine.raw_connection()
+        try:
+            cursor = self._checkpoint_conn.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cursor.fetchall()
+            cursor.close()
+        except Exception:
+            conn, self._checkpoint_conn = self._checkpoint_conn, None
+            conn.invalidate()
+            raise
+
     def dispose(self) -> None:
+        conn, self._checkpoint_conn = self._checkpoint_conn, None
+        if conn is not None:
+            conn.close()
         self.engine.dispose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
