@@ -32,6 +32,7 @@ import orjson
 
 from stage0.contract import CODES, CheckRequest, RequestValidationError, parse_request
 from stage0.engine import Engine
+from stage0.engine.evaluate import Decision
 from stage0.policy import CompiledPolicy, normalize_name
 from stage0.policy.compiled import ApprovalRule, BreakGlassRule
 from stage0.server import metrics
@@ -91,6 +92,8 @@ _KEY_COLUMNS = ("id", "tenant_id", "name", "prefix", "scopes", "plan", "monthly_
 DECISION_TIMEOUT_S = float(os.environ.get("STAGE0_DECISION_TIMEOUT_S", "15"))
 PREFETCH_FROM = 4
 """Batches of at least this many jobs read their open approval requests in one query."""
+TENANTS_KEPT = 10_000
+"""Keys whose tenant the writer remembers, to decide their checks before the lock."""
 MFA_MAX_FAILURES = 5
 MFA_LOCKOUT_S = 900
 CHECKPOINT_INTERVAL_S = 0.05
@@ -115,6 +118,38 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class _NeedsState(Exception):
+    """Raised by :class:`_StateProbe`: this decision needs the store's state."""
+
+
+class _StateProbe:
+    """The run state and the approval resolver of the engine that decides ahead of the batch's
+    transaction. A decision that asks either for state (a ``run_id``, an ``approval_id``) is
+    dropped and made again inside the transaction, where the state is read and written."""
+
+    def __init__(self) -> None:
+        self.touched = False
+
+    def observe(self, *_: Any, **__: Any) -> Any:
+        self.touched = True
+        raise _NeedsState
+
+    def resolve(self, *_: Any, **__: Any) -> Any:
+        self.touched = True
+        raise _NeedsState
+
+
+@dataclass(slots=True)
+class _Early:
+    """A decision made before the writer took the lock, for the tenant it expected."""
+
+    tenant: str
+    now: datetime
+    decision: Decision
+    eval_us: float
+    token: str | None = None
+
+
 @dataclass(slots=True)
 class Job:
     secret: str
@@ -133,6 +168,11 @@ class Job:
     future: Future[Outcome] = field(default_factory=Future)
     key: ApiKey | None = None
     parse_us: float = 0.0
+    secret_hash: str | None = None
+    digest: str | None = None
+    """The action digest, when worked out ahead of the transaction (for the prefetch)."""
+    early: _Early | None = None
+    """The decision made ahead of the transaction, when it needs no stored state."""
 
     def logged_request(self) -> tuple[str, str]:
         """What the log keeps of the body: its redacted JSON and the masked paths (JSON).
@@ -209,6 +249,11 @@ class Pipeline:
         self.keyring = Keyring(store)
         self.engine = Engine(policy, run_state=self.run_state, approvals=self.approvals,
                              clock=clock, held=held)
+        self._probe = _StateProbe()
+        self._early_engine = Engine(policy, run_state=self._probe, approvals=self._probe,
+                                    clock=clock, held=held)
+        self._tenant_of: dict[str, str] = {}
+        """Key hash to tenant, as the transactions found them: whom to decide for early."""
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending_policy: tuple[CompiledPolicy, tuple[CompiledPolicy, ...]] | None = None
         self._conn: Any = None
@@ -255,6 +300,9 @@ class Pipeline:
             self.policy, self.held = pending
             self.engine = Engine(self.policy, run_state=self.run_state,
                                  approvals=self.approvals, clock=self.clock, held=self.held)
+            self._early_engine = Engine(self.policy, run_state=self._probe,
+                                        approvals=self._probe, clock=self.clock,
+                                        held=self.held)
 
     def _deciding(self, body: dict[str, Any]) -> CompiledPolicy | None:
         """The pack that made a decision: the active one, or a held one a request pinned."""
@@ -348,20 +396,74 @@ class Pipeline:
             with self.store.writer_lock():
                 self._process_sweep(job)
             return
+        # What is queued now is decided before the lock, where it can be (while another
+        # process holds the lock, this one's writer would only wait).
+        self._gather(batch)
+        self._decide_early(batch)
         with self.store.writer_lock():
-            # gathered once the lock is ours: what queued while another process held it joins
-            # this batch (one commit, one fsync for all of it) instead of waiting a turn
-            while len(batch) < self.batch_max:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None or more.op == "sweep":
-                    self._queue.put(more)  # handled on its own, after this batch
-                    break
-                batch.append(more)
+            # gathered again once the lock is ours: what queued while another process held it
+            # joins this batch (one commit, one fsync for all of it) instead of waiting a turn
+            self._gather(batch)
             metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
             self._process(batch)
+
+    def _gather(self, batch: list[Job]) -> None:
+        """Add the queued jobs to ``batch`` (up to ``batch_max``; a sweep waits its turn)."""
+        while len(batch) < self.batch_max:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if more is None or more.op == "sweep":
+                self._queue.put(more)  # handled on its own, after this batch
+                return
+            batch.append(more)
+
+    def _decide_early(self, batch: list[Job]) -> None:
+        """Decide, before the transaction, the checks that need no stored state: a known key
+        (its tenant), no ``run_id``, no ``approval_id``. The transaction still authenticates,
+        meters and logs them, and uses the early decision only for the tenant it expected;
+        anything the engine asks of the store drops the early decision (it is made again
+        inside). What the transaction then does per job is the key, the quota, the approval
+        request of a DEFER and the log row. The action digest of every job is worked out here
+        too, for the batch's approval prefetch."""
+        for job in batch:
+            if job.op == "check" and job.request is not None and job.early is None:
+                try:
+                    self._decide_one_early(job, job.request)
+                except Exception:  # an optimisation: the transaction decides it instead
+                    log.debug("no early decision for %s", job.request_id, exc_info=True)
+                    job.early = None
+
+    def _decide_one_early(self, job: Job, request: CheckRequest) -> None:
+        engine, probe = self._early_engine, self._probe
+        if job.secret and job.key_id is None and job.secret_hash is None:
+            job.secret_hash = hash_key(job.secret)
+        tenant = self._tenant_of.get(job.secret_hash or "")
+        ctx = request.context
+        if tenant is None or (ctx is not None and (ctx.run_id or ctx.approval_id)):
+            try:
+                job.digest = engine.action_digest(request)
+            except Exception:  # a prefetch hint; evaluation decides
+                log.debug("no early digest for %s", job.request_id, exc_info=True)
+            return
+        probe.touched = False
+        now = self.clock()
+        started = time.perf_counter()
+        decision = engine.evaluate(request, at=now, request_id=job.request_id,
+                                   tenant=tenant, input_sha256=job.input_sha256)
+        eval_us = (time.perf_counter() - started) * 1e6
+        if probe.touched:
+            return
+        body = decision.body
+        job.digest = body.get("action_digest") or None
+        early = _Early(tenant, now, decision, eval_us)
+        if body["verdict"] == "ALLOW" and body["buckets"] and body["decision"] != "ERROR":
+            try:
+                early.token = self._token_for(tenant, body, now)
+            except Exception:  # signed again inside, failing closed there
+                log.debug("no early token for %s", job.request_id, exc_info=True)
+        job.early = early
 
     def _process_sweep(self, job: Job) -> None:
         now = self.clock()
@@ -431,7 +533,8 @@ class Pipeline:
                 for job in batch:
                     ident = job.secret if job.key_id is None else "\0" + job.key_id
                     if ident not in state.keys:
-                        state.keys[ident] = self._lookup_key(cur, job.secret, job.key_id)
+                        state.keys[ident] = self._lookup_key(cur, job.secret, job.key_id,
+                                                             job.secret_hash)
                     job.key = state.keys[ident]
                 if self.store.dialect == "postgresql":
                     for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
@@ -486,10 +589,12 @@ class Pipeline:
             ctx = job.request.context
             if ctx is not None and ctx.run_id is not None:
                 runs.setdefault(job.key.tenant_id, set()).add(ctx.run_id)
-            try:
-                digest = self.engine.action_digest(job.request)
-            except Exception:  # noqa: BLE001 - a prefetch is an optimisation; evaluation decides
-                continue
+            digest = job.digest
+            if digest is None:
+                try:
+                    digest = self.engine.action_digest(job.request)
+                except Exception:  # noqa: BLE001 - a prefetch is an optimisation
+                    continue
             if digest:
                 wanted.setdefault(job.key.tenant_id, set()).add(digest)
         now_us = int(self.clock().timestamp() * 1e6)
@@ -498,17 +603,24 @@ class Pipeline:
         for tenant, run_ids in runs.items():
             self.run_state.prefetch(tenant, run_ids)
 
-    def _lookup_key(self, cur: Any, secret: str, key_id: str | None = None) -> ApiKey | None:
+    def _lookup_key(self, cur: Any, secret: str, key_id: str | None = None,
+                    secret_hash: str | None = None) -> ApiKey | None:
         if key_id is not None:
             cur.execute(self._sql["key_by_id"], {"i": key_id})
         elif not secret:
             return None
         else:
-            cur.execute(self._sql["key"], {"h": hash_key(secret)})
+            secret_hash = secret_hash or hash_key(secret)
+            cur.execute(self._sql["key"], {"h": secret_hash})
         row = cur.fetchone()
         if row is None or row[12] is not None:
             return None
-        return ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
+        key = ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
+        if key_id is None and secret_hash is not None:
+            if len(self._tenant_of) >= TENANTS_KEPT:
+                self._tenant_of.clear()
+            self._tenant_of[secret_hash] = key.tenant_id
+        return key
 
     # -- approvals and tokens ------------------------------------------------------------------
 
@@ -553,15 +665,14 @@ class Pipeline:
         self._log_event(state, chain, key, now, "approval.used", approval,
                         {"request_id": body["request_id"]})
 
-    def _token_for(self, key: ApiKey, request: CheckRequest, body: dict[str, Any],
-                   now: datetime) -> str:
+    def _token_for(self, tenant: str, body: dict[str, Any], now: datetime) -> str:
         ttl = self.policy.token_ttl if self.policy is not None else 60.0
         issuer = self.policy.token_issuer if self.policy is not None else "stage0"
         approval = body["guardrail_checks"].get("approval", {})
         iat = int(now.timestamp())
         return self.keyring.sign({
             "iss": issuer,
-            "sub": key.tenant_id,
+            "sub": tenant,
             "jti": body["request_id"],
             "action_digest": body["action_digest"],
             "policy_version": body["policy_version"],
@@ -933,8 +1044,9 @@ class Pipeline:
             return Outcome(401, error_body(401, "Invalid or missing API key", rid))
         if "check" not in key.scopes and "admin" not in key.scopes:
             return Outcome(403, error_body(403, "This key lacks the `check` scope", rid))
-        now = self.clock()
         tenant = key.tenant_id
+        early = job.early if job.early is not None and job.early.tenant == tenant else None
+        now = early.now if early is not None else self.clock()
         if job.client_request_id:
             previous = state.answered.get((tenant, rid))
             if previous is None:
@@ -981,21 +1093,24 @@ class Pipeline:
             return Outcome(refusal.status, error_body(refusal.status, refusal.detail, rid))
         state.usage[key.id] = Counts(counts.month + 1, counts.day + 1, counts.minute + 1)
 
-        started = time.perf_counter()
-        now_us = int(now.timestamp() * 1e6)
-        self.approvals.now_us = now_us
-        decision = self.engine.evaluate(
-            request, at=now, request_id=rid, tenant=tenant,
-            input_sha256=job.input_sha256,
-        )
-        eval_us = (time.perf_counter() - started) * 1e6
+        self.approvals.now_us = int(now.timestamp() * 1e6)
+        if early is not None:
+            decision, eval_us = early.decision, early.eval_us
+        else:
+            started = time.perf_counter()
+            decision = self.engine.evaluate(
+                request, at=now, request_id=rid, tenant=tenant,
+                input_sha256=job.input_sha256,
+            )
+            eval_us = (time.perf_counter() - started) * 1e6
         body = decision.body
         if body["verdict"] == "DEFER" and _NEEDS_APPROVAL & set(decision.issue_codes):
             body["approval"] = self._approval_for(state, chain, job, key, request, body, now)
         elif body["verdict"] == "ALLOW":
             self._use_approval(state, chain, key, body, now)
             if body["buckets"]:
-                body["execution_token"] = self._token_for(key, request, body, now)
+                body["execution_token"] = (early.token if early is not None and early.token
+                                           else self._token_for(tenant, body, now))
         encoded = decision.to_json()
         self._log(state, chain, job, key, now, 200, "decision", body, eval_us, encoded)
         metrics.count_answer(body["verdict"], body["buckets"],

@@ -1,0 +1,128 @@
+"""Decisions made before the writer takes the lock (``Pipeline._decide_early``): for a known key
+and a check that needs no stored state, the answer is the one the transaction would give; a check
+with a ``run_id`` or an ``approval_id``, an unknown key, or a key of another tenant is decided
+inside the transaction as before."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stage0.contract import parse_request
+from stage0.engine import Engine
+from stage0.policy import load_policy
+from stage0.server import pipeline as pipeline_module
+from stage0.server.pipeline import _StateProbe
+from stage0.store.keys import list_keys, revoke_key
+from stage0.store.signing import Keyring
+from tests.helpers import request
+from tests.service.conftest import Api
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "shared" / "examples").glob("*.json"))
+
+
+def _pipeline(api: Api) -> pipeline_module.Pipeline:
+    pipeline: pipeline_module.Pipeline = api.client.app.state.stage0["pipeline"]
+    return pipeline
+
+
+def _count_evaluations(pipeline: pipeline_module.Pipeline,
+                       monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    counts = {"early": 0, "locked": 0}
+    early, locked = pipeline._early_engine.evaluate, pipeline.engine.evaluate
+
+    def early_counted(*a: Any, **k: Any) -> Any:
+        counts["early"] += 1
+        return early(*a, **k)
+
+    def locked_counted(*a: Any, **k: Any) -> Any:
+        counts["locked"] += 1
+        return locked(*a, **k)
+
+    monkeypatch.setattr(pipeline._early_engine, "evaluate", early_counted)
+    monkeypatch.setattr(pipeline.engine, "evaluate", locked_counted)
+    return counts
+
+
+def _comparable(body: dict[str, Any]) -> dict[str, Any]:
+    """A response without what differs between two checks of one body (ids, token, times)."""
+    body = dict(body)
+    for name in ("request_id", "execution_token", "approval", "evaluated_at", "timing_ms"):
+        body.pop(name, None)
+    return body
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_an_early_decision_is_the_one_the_transaction_gives(
+        api: Api, example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.loads(example.read_text())["request"]
+    ctx = body.get("context") or {}
+    stateful = bool(ctx.get("run_id") or ctx.get("approval_id"))
+    pipeline = _pipeline(api)
+    pipeline._tenant_of.clear()
+    counts = _count_evaluations(pipeline, monkeypatch)
+    first = api.check(body)  # the key is not known yet: decided inside the transaction
+    assert counts == {"early": 0, "locked": 1}
+    second = api.check(body)
+    assert first.status_code == second.status_code == 200
+    assert counts == ({"early": 0, "locked": 2} if stateful else {"early": 1, "locked": 1})
+    if not stateful:
+        assert _comparable(second.json()) == _comparable(first.json())
+        logged = api.client.get(f"/v1/decisions/{second.json()['request_id']}",
+                                headers={"x-api-key": api.key})
+        assert logged.status_code == 200
+        assert logged.json()["response"] == second.json()
+
+
+def test_an_early_allow_carries_a_valid_token_for_its_tenant(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.loads(next(p for p in EXAMPLES if p.stem == "protected-request").read_text())
+    counts = _count_evaluations(_pipeline(api), monkeypatch)
+    api.check(body["request"])
+    answer = api.check(body["request"]).json()
+    assert counts["early"] == 1
+    assert answer["verdict"] == "ALLOW"
+    frozen = datetime(2026, 3, 17, 10, tzinfo=UTC).timestamp()  # the app's frozen clock
+    claims = Keyring(api.store).verify(answer["execution_token"], frozen)
+    assert claims["sub"] == "default"
+    assert claims["jti"] == answer["request_id"]
+    assert claims["action_digest"] == answer["action_digest"]
+    assert claims["approval_verified"] is False
+
+
+def test_a_key_of_another_tenant_is_decided_inside(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = _pipeline(api)
+    other = api.new_key(tenant="other")
+    assert api.check(request(), key=other).status_code == 200
+    secret_hash = next(iter(pipeline._tenant_of))
+    pipeline._tenant_of[secret_hash] = "someone-else"  # what the writer expected is wrong
+    counts = _count_evaluations(pipeline, monkeypatch)
+    answer = api.check(request(), key=other)
+    assert answer.status_code == 200
+    assert counts == {"early": 1, "locked": 1}  # the early one was dropped
+    assert answer.json()["verdict"] == "ALLOW"
+
+
+def test_a_revoked_key_gets_401_even_with_an_early_decision(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = api.new_key()
+    assert api.check(request(), key=key).status_code == 200
+    key_id = next(k.id for k in list_keys(api.store) if key.startswith(k.prefix))
+    revoke_key(api.store, key_id)
+    assert api.check(request(), key=key).status_code == 401
+
+
+def test_the_probe_drops_any_decision_that_asks_for_state() -> None:
+    probe = _StateProbe()
+    engine = Engine(load_policy(None), run_state=probe, approvals=probe)
+    body = {**request(), "context": {"run_id": "run-1"}}
+    engine.evaluate(parse_request(json.dumps(body).encode()))
+    assert probe.touched  # the pipeline drops it; the transaction decides with the run state
+    probe.touched = False
+    engine.evaluate(parse_request(json.dumps(request()).encode()))
+    assert not probe.touched
