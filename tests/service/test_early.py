@@ -63,7 +63,7 @@ def test_an_early_decision_is_the_one_the_transaction_gives(
     ctx = body.get("context") or {}
     stateful = bool(ctx.get("run_id") or ctx.get("approval_id"))
     pipeline = _pipeline(api)
-    pipeline._tenant_of.clear()
+    pipeline._known.clear()
     counts = _count_evaluations(pipeline, monkeypatch)
     first = api.check(body)  # the key is not known yet: decided inside the transaction
     assert counts == {"early": 0, "locked": 1}
@@ -99,8 +99,8 @@ def test_a_key_of_another_tenant_is_decided_inside(
     pipeline = _pipeline(api)
     other = api.new_key(tenant="other")
     assert api.check(request(), key=other).status_code == 200
-    secret_hash = next(iter(pipeline._tenant_of))
-    pipeline._tenant_of[secret_hash] = "someone-else"  # what the writer expected is wrong
+    secret_hash, (_, key_id) = next(iter(pipeline._known.items()))
+    pipeline._known[secret_hash] = ("someone-else", key_id)  # what the writer expected is wrong
     counts = _count_evaluations(pipeline, monkeypatch)
     answer = api.check(request(), key=other)
     assert answer.status_code == 200

@@ -154,3 +154,17 @@ def test_sqlite_checkpoints_in_the_background_after_commits_only(
 def test_memory_and_postgresql_stores_have_no_checkpointer(api: Api) -> None:
     pipeline = _pipeline(api)
     assert (pipeline._checkpointer is not None) == pipeline.store.file_backed
+
+
+def test_migration_0008_compresses_the_log_with_lz4_on_postgresql(store: Store) -> None:
+    with store.engine.connect() as conn:
+        if store.dialect == "sqlite":  # no such setting: the migration does nothing there
+            assert conn.execute(text("SELECT count(*) FROM decisions")).scalar() == 0
+            return
+        lz4 = conn.execute(text(
+            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
+            "AND 'lz4' = ANY(enumvals)")).first() is not None
+        found = dict(conn.execute(text(
+            "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
+            "'decisions'::regclass AND attname IN ('request', 'response')")).all())
+    assert found == ({"request": "l", "response": "l"} if lz4 else {"request": "", "response": ""})

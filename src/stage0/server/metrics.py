@@ -30,7 +30,7 @@ LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 COMMIT_SECONDS = Histogram(
-    "stage0_audit_commit_seconds", "Time to commit one batch of the decision log",
+    "stage0_audit_commit_seconds", "Time to write and commit one batch of the decision log",
     buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 BATCH_SIZE = Histogram(

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -109,6 +110,10 @@ class _Batch:
     windows: Windows | None = None
     chains: dict[str, ledger.ChainCursor] = field(default_factory=dict)
     answered: dict[tuple[str, str], tuple[str, str, int]] = field(default_factory=dict)
+    usage_rows: dict[str, Any] = field(default_factory=dict)
+    """Usage rows read ahead for the batch's keys (``None``: the key has none yet)."""
+    replays: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """Earlier answers to the batch's client request ids, read ahead (``None``: none)."""
 
 
 @dataclass(slots=True)
@@ -197,6 +202,24 @@ class Job:
     _logged: tuple[str, str] | None = None
 
 
+def _ident(job: Job) -> str:
+    """What identifies ``job``'s key within a batch: its secret, or the console's key id."""
+    return job.secret if job.key_id is None else "\0" + job.key_id
+
+
+def _any(pg: bool, column: str, name: str, values: list[str], params: dict[str, Any]) -> str:
+    """``column`` is one of ``values``, as a condition for the dialect (its parameters are
+    added to ``params``)."""
+    if pg:
+        params[name] = values
+        return f"{column} = ANY(%({name})s)"
+    marks = []
+    for i, value in enumerate(values):
+        params[f"{name}{i}"] = value
+        marks.append(f":{name}{i}")
+    return f"{column} IN ({', '.join(marks)})"
+
+
 def _refusal(status: int, code: str, detail: str, request_id: str, **extra: Any) -> Outcome:
     """A refused approval, break-glass or token operation: the error shape with its ``code``
     (and ``retry-after`` when the refusal says when to try again)."""
@@ -252,8 +275,9 @@ class Pipeline:
         self._probe = _StateProbe()
         self._early_engine = Engine(policy, run_state=self._probe, approvals=self._probe,
                                     clock=clock, held=held)
-        self._tenant_of: dict[str, str] = {}
-        """Key hash to tenant, as the transactions found them: whom to decide for early."""
+        self._known: dict[str, tuple[str, str]] = {}
+        """Key hash to (tenant, key id), as the transactions found them: whom to decide for
+        early, and what to read ahead for."""
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending_policy: tuple[CompiledPolicy, tuple[CompiledPolicy, ...]] | None = None
         self._conn: Any = None
@@ -439,7 +463,8 @@ class Pipeline:
         engine, probe = self._early_engine, self._probe
         if job.secret and job.key_id is None and job.secret_hash is None:
             job.secret_hash = hash_key(job.secret)
-        tenant = self._tenant_of.get(job.secret_hash or "")
+        known = self._known.get(job.secret_hash or "")
+        tenant = known[0] if known is not None else None
         ctx = request.context
         if tenant is None or (ctx is not None and (ctx.run_id or ctx.approval_id)):
             try:
@@ -530,26 +555,17 @@ class Pipeline:
                 if self.store.dialect == "sqlite":
                     cur.execute("BEGIN IMMEDIATE")
                 state = _Batch()
-                for job in batch:
-                    ident = job.secret if job.key_id is None else "\0" + job.key_id
-                    if ident not in state.keys:
-                        state.keys[ident] = self._lookup_key(cur, job.secret, job.key_id,
-                                                             job.secret_hash)
-                    job.key = state.keys[ident]
-                if self.store.dialect == "postgresql":
-                    for tenant in sorted({j.key.tenant_id for j in batch if j.key is not None}):
-                        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
                 self.run_state.begin(cur)
                 self.approvals.cursor = cur
-                if len(batch) >= PREFETCH_FROM:
-                    self._prefetch_approvals(batch)
+                self._read(conn, batch, state)
                 outcomes = [self._handle_safely(cur, job, state) for job in batch]
-                self.run_state.flush()
-                self._save_usage(cur, state)
-                for tenant, chain in state.chains.items():
-                    ledger.save(self.store, cur, tenant, chain)
                 started = time.perf_counter()
-                conn.commit()
+                with self._pipeline(conn):  # PostgreSQL: writes and COMMIT in one round trip
+                    self.run_state.flush()
+                    self._save_usage(cur, state)
+                    for tenant, chain in state.chains.items():
+                        ledger.save(self.store, cur, tenant, chain)
+                    conn.commit()
                 self._committed += 1
                 metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                 metrics.BATCH_SIZE.observe(len(batch))
@@ -578,17 +594,144 @@ class Pipeline:
             if not job.future.done():  # a caller that gave up may have cancelled it
                 job.future.set_result(outcome)
 
-    def _prefetch_approvals(self, batch: list[Job]) -> None:
-        """One query for the open approval requests of the batch's actions, instead of one
-        per DEFER (see ``ApprovalStore.prefetch_open``), and one for its runs."""
+    def _pipeline(self, conn: Any) -> AbstractContextManager[Any]:
+        """PostgreSQL's pipeline mode on ``conn`` (statements sent without waiting, one round
+        trip at the end); on SQLite, nothing (a statement there costs no round trip)."""
+        if self.store.dialect == "postgresql":
+            return conn.driver_connection.pipeline()  # type: ignore[no-any-return]
+        return nullcontext()
+
+    def _read(self, conn: Any, batch: list[Job], state: _Batch) -> None:
+        """Read what the batch needs before its jobs run: the keys, then (under the tenants'
+        locks on PostgreSQL) the chain heads, the keys' usage, earlier answers to repeated
+        request ids, and (for batches of :data:`PREFETCH_FROM` or more) the open approval
+        requests of the actions and the state of the runs.
+
+        On PostgreSQL the statements go in a pipeline: when every key of the batch is one this
+        writer has seen, keys, locks and reads take one round trip, else two. A job whose
+        reads were not made ahead (its key was not the one expected) reads as it goes; the
+        locks are always taken before any job runs."""
+        idents: dict[str, Job] = {}
+        for job in batch:
+            idents.setdefault(_ident(job), job)
+        expected: dict[str, tuple[str, str]] = {}
+        for ident, job in idents.items():
+            known = self._known.get(job.secret_hash or "") if job.key_id is None else None
+            if known is not None:
+                expected[ident] = known
+        ahead = len(expected) == len(idents)
+        cursors: list[Any] = []
+        finish: list[Callable[[], None]] = []
+        locked: set[str] = set()
+        try:
+            with self._pipeline(conn):
+                lookups = {ident: self._send_key(self._cursor(conn, cursors), job)
+                           for ident, job in idents.items()}
+                if ahead:
+                    by_tenant = {ident: tenant for ident, (tenant, _) in expected.items()}
+                    key_ids = {ident: key_id for ident, (_, key_id) in expected.items()}
+                    locked = set(by_tenant.values())
+                    finish += self._send_reads(conn, cursors, batch, by_tenant, key_ids,
+                                               locked, state)
+            for ident, job in idents.items():
+                state.keys[ident] = self._key_from(lookups[ident], job)
+            for job in batch:
+                job.key = state.keys[_ident(job)]
+            missing = {j.key.tenant_id for j in batch if j.key is not None} - locked
+            if missing:
+                by_tenant = {ident: key.tenant_id for ident, key in state.keys.items()
+                             if key is not None}
+                key_ids = {ident: key.id for ident, key in state.keys.items()
+                           if key is not None}
+                with self._pipeline(conn):
+                    finish += self._send_reads(conn, cursors, batch, by_tenant, key_ids,
+                                               missing, state)
+            for read in finish:
+                read()
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+    @staticmethod
+    def _cursor(conn: Any, cursors: list[Any]) -> Any:
+        cursor = conn.cursor()
+        cursors.append(cursor)
+        return cursor
+
+    def _send_reads(self, conn: Any, cursors: list[Any], batch: list[Job],
+                    tenant_of: dict[str, str], key_id_of: dict[str, str], tenants: set[str],
+                    state: _Batch) -> list[Callable[[], None]]:
+        """Send the batch's reads for ``tenants`` (their locks first, in a fixed order, on
+        PostgreSQL); return the functions that read the answers."""
+        pg = self.store.dialect == "postgresql"
+        finish: list[Callable[[], None]] = []
+        if pg:
+            lock = self._cursor(conn, cursors)
+            for tenant in sorted(tenants):
+                lock.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
+        heads = self._cursor(conn, cursors)
+        params: dict[str, Any] = {}
+        heads.execute("SELECT tenant_id, seq, row_hash FROM chain_heads WHERE "
+                      + _any(pg, "tenant_id", "t", sorted(tenants), params), params)
+
+        def read_heads() -> None:
+            found = {row[0]: (int(row[1]), row[2]) for row in heads.fetchall()}
+            for tenant in tenants:
+                seq, head = found.get(tenant, (0, ledger.GENESIS))
+                state.chains.setdefault(tenant, ledger.ChainCursor(seq, head))
+
+        finish.append(read_heads)
+        checks = [j for j in batch if j.op == "check" and tenant_of.get(_ident(j)) in tenants]
+        key_ids = sorted({key_id_of[_ident(j)] for j in checks if _ident(j) in key_id_of})
+        if key_ids:
+            usage = self._cursor(conn, cursors)
+            params = {}
+            usage.execute("SELECT key_id, month_key, month_count, day_key, day_count, "
+                          "minute_key, minute_count FROM key_usage WHERE "
+                          + _any(pg, "key_id", "k", key_ids, params), params)
+
+            def read_usage() -> None:
+                found = {row[0]: row[1:] for row in usage.fetchall()}
+                for key_id in key_ids:
+                    state.usage_rows.setdefault(key_id, found.get(key_id))
+
+            finish.append(read_usage)
+        repeated: dict[str, list[str]] = {}
+        for job in checks:
+            if job.client_request_id:
+                repeated.setdefault(tenant_of[_ident(job)], []).append(job.request_id)
+        for tenant, request_ids in repeated.items():
+            replays = self._cursor(conn, cursors)
+            params = {}
+            replays.execute(
+                "SELECT request_id, input_sha256, response, http_status FROM decisions WHERE "
+                + _any(pg, "tenant_id", "t", [tenant], params) + " AND "
+                + _any(pg, "request_id", "r", request_ids, params), params)
+
+            def read_replays(cursor: Any = replays, tenant: str = tenant,
+                             request_ids: list[str] = request_ids) -> None:
+                found = {row[0]: row[1:] for row in cursor.fetchall()}
+                for request_id in request_ids:
+                    state.replays.setdefault((tenant, request_id), found.get(request_id))
+
+            finish.append(read_replays)
+        if len(batch) >= PREFETCH_FROM:
+            finish += self._send_prefetch(conn, cursors, checks, tenant_of)
+        return finish
+
+    def _send_prefetch(self, conn: Any, cursors: list[Any], checks: list[Job],
+                       tenant_of: dict[str, str]) -> list[Callable[[], None]]:
+        """The open approval requests of the batch's actions, and its runs, one query each per
+        tenant, instead of one per DEFER and per run (see ``ApprovalStore.prefetch_open``)."""
         wanted: dict[str, set[str]] = {}
         runs: dict[str, set[str]] = {}
-        for job in batch:
-            if job.op != "check" or job.request is None or job.key is None:
+        for job in checks:
+            if job.request is None:
                 continue
+            tenant = tenant_of[_ident(job)]
             ctx = job.request.context
             if ctx is not None and ctx.run_id is not None:
-                runs.setdefault(job.key.tenant_id, set()).add(ctx.run_id)
+                runs.setdefault(tenant, set()).add(ctx.run_id)
             digest = job.digest
             if digest is None:
                 try:
@@ -596,30 +739,36 @@ class Pipeline:
                 except Exception:  # noqa: BLE001 - a prefetch is an optimisation
                     continue
             if digest:
-                wanted.setdefault(job.key.tenant_id, set()).add(digest)
+                wanted.setdefault(tenant, set()).add(digest)
         now_us = int(self.clock().timestamp() * 1e6)
-        for tenant, digests in wanted.items():
-            self.approvals.prefetch_open(tenant, digests, now_us)
-        for tenant, run_ids in runs.items():
-            self.run_state.prefetch(tenant, run_ids)
+        finish = [self.approvals.prefetch_open(tenant, digests, now_us,
+                                               self._cursor(conn, cursors))
+                  for tenant, digests in wanted.items()]
+        finish += [self.run_state.prefetch(tenant, run_ids, self._cursor(conn, cursors))
+                   for tenant, run_ids in runs.items()]
+        return finish
 
-    def _lookup_key(self, cur: Any, secret: str, key_id: str | None = None,
-                    secret_hash: str | None = None) -> ApiKey | None:
-        if key_id is not None:
-            cur.execute(self._sql["key_by_id"], {"i": key_id})
-        elif not secret:
+    def _send_key(self, cur: Any, job: Job) -> Any:
+        """Send the lookup of ``job``'s key on ``cur`` (``None``: no key to look up)."""
+        if job.key_id is not None:
+            cur.execute(self._sql["key_by_id"], {"i": job.key_id})
+        elif not job.secret:
             return None
         else:
-            secret_hash = secret_hash or hash_key(secret)
-            cur.execute(self._sql["key"], {"h": secret_hash})
-        row = cur.fetchone()
+            job.secret_hash = job.secret_hash or hash_key(job.secret)
+            cur.execute(self._sql["key"], {"h": job.secret_hash})
+        return cur
+
+    def _key_from(self, cur: Any, job: Job) -> ApiKey | None:
+        """The key :meth:`_send_key` looked up, if it exists and is not revoked."""
+        row = cur.fetchone() if cur is not None else None
         if row is None or row[12] is not None:
             return None
         key = ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
-        if key_id is None and secret_hash is not None:
-            if len(self._tenant_of) >= TENANTS_KEPT:
-                self._tenant_of.clear()
-            self._tenant_of[secret_hash] = key.tenant_id
+        if job.key_id is None and job.secret_hash is not None:
+            if len(self._known) >= TENANTS_KEPT:
+                self._known.clear()
+            self._known[job.secret_hash] = (key.tenant_id, key.id)
         return key
 
     # -- approvals and tokens ------------------------------------------------------------------
@@ -1050,8 +1199,11 @@ class Pipeline:
         if job.client_request_id:
             previous = state.answered.get((tenant, rid))
             if previous is None:
-                cur.execute(self._sql["by_request"], {"t": tenant, "r": rid})
-                previous = cur.fetchone()
+                if (tenant, rid) in state.replays:
+                    previous = state.replays[(tenant, rid)]
+                else:
+                    cur.execute(self._sql["by_request"], {"t": tenant, "r": rid})
+                    previous = cur.fetchone()
             if previous is not None:
                 if previous[0] != job.input_sha256:
                     return Outcome(409, error_body(
@@ -1078,8 +1230,12 @@ class Pipeline:
         windows = state.windows = state.windows or Windows.at(now)
         counts = state.usage.get(key.id)
         if counts is None:
-            cur.execute(self._sql["usage"], {"k": key.id})
-            counts = Counts.current(cur.fetchone(), windows)
+            if key.id in state.usage_rows:
+                row = state.usage_rows[key.id]
+            else:
+                cur.execute(self._sql["usage"], {"k": key.id})
+                row = cur.fetchone()
+            counts = Counts.current(row, windows)
         refusal = check_quota(counts, windows, monthly=key.monthly_quota,
                               daily=key.daily_quota, per_minute=key.per_minute)
         if refusal is not None:

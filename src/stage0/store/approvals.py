@@ -7,6 +7,7 @@ for the API and the CLI use SQLAlchemy Core.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -139,6 +140,10 @@ class Approval:
         )
 
 
+def _nothing() -> None:
+    """A prefetch with nothing to read."""
+
+
 def _no_votes(record: dict[str, Any]) -> bool:
     """A pending request with no approve vote has no votes at all (a rejection ends it), so
     reading it spares the votes query, a round trip on PostgreSQL, for every DEFER reusing it.
@@ -189,30 +194,38 @@ class ApprovalStore:
                           strict=True)) for v in cur.fetchall()]
         return Approval(record, votes)
 
-    def prefetch_open(self, tenant: str, digests: set[str], now_us: int) -> None:
+    def prefetch_open(self, tenant: str, digests: set[str], now_us: int,
+                      cursor: Any = None) -> Callable[[], None]:
         """Read the open requests of several actions in one query (``open_for`` answers from
-        what it read): a batch's DEFERs then cost no query each, a round trip on PostgreSQL."""
+        what it read): a batch's DEFERs then cost no query each, a round trip on PostgreSQL.
+
+        The query is sent on ``cursor`` (default: the transaction's) and read by the function
+        returned, so that several reads can go to PostgreSQL in one pipeline."""
         wanted = [d for d in digests if (tenant, d) not in self._open]
         if not wanted:
-            return
-        cur = self.cursor
+            return _nothing
+        cur = cursor if cursor is not None else self.cursor
         if self._postgres:
             cur.execute(self._sql["open_many"], {"t": tenant, "ds": wanted, "now": now_us})
         else:
             marks = ", ".join("?" * len(wanted))
             cur.execute(self._sql["open_many"].replace(":ds", marks),
                         [tenant, *wanted, now_us, now_us])
-        found: dict[str, dict[str, Any]] = {}
-        for row in cur.fetchall():  # newest first: the first row of a digest is its answer
-            record = dict(zip(COLUMNS, row, strict=True))
-            found.setdefault(record["action_digest"], record)
-        for digest in wanted:
-            hit = found.get(digest)
-            if hit is None:
-                self._open[(tenant, digest)] = None
-            elif _no_votes(hit):
-                self._open[(tenant, digest)] = Approval(hit, [])
-            # otherwise (votes to read) ``open_for`` reads it the usual way
+
+        def finish() -> None:
+            found: dict[str, dict[str, Any]] = {}
+            for row in cur.fetchall():  # newest first: the first row of a digest is its answer
+                record = dict(zip(COLUMNS, row, strict=True))
+                found.setdefault(record["action_digest"], record)
+            for digest in wanted:
+                hit = found.get(digest)
+                if hit is None:
+                    self._open[(tenant, digest)] = None
+                elif _no_votes(hit):
+                    self._open[(tenant, digest)] = Approval(hit, [])
+                # otherwise (votes to read) ``open_for`` reads it the usual way
+
+        return finish
 
     def expired_pending(self, tenant: str, now_us: int) -> list[Approval]:
         cur = self.cursor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,10 @@ UPSERT = (
     "recent_tools = excluded.recent_tools, cost_usd = excluded.cost_usd, "
     "updated_us = excluded.updated_us"
 )
+
+
+def _nothing() -> None:
+    """A prefetch with nothing to read."""
 
 
 class TransactionRunState:
@@ -55,12 +60,15 @@ class TransactionRunState:
         self._absent = set()
         self._changed = set()
 
-    def prefetch(self, tenant: str, run_ids: set[str]) -> None:
-        """Read several runs of a tenant in one query (``observe`` then needs none)."""
+    def prefetch(self, tenant: str, run_ids: set[str],
+                 cursor: Any = None) -> Callable[[], None]:
+        """Read several runs of a tenant in one query (``observe`` then needs none). The query
+        is sent on ``cursor`` (default: the transaction's) and read by the function returned,
+        so that several reads can go to PostgreSQL in one pipeline."""
         wanted = [r for r in run_ids if (tenant, r) not in self._runs]
         if not wanted:
-            return
-        cur = self.cursor
+            return _nothing
+        cur = cursor if cursor is not None else self.cursor
         columns = "run_id, iterations, first_seen_us, recent_tools, cost_usd FROM run_state"
         if self._postgres:
             cur.execute(f"SELECT {columns} WHERE tenant_id = %(t)s AND run_id = ANY(%(rs)s)",
@@ -69,14 +77,18 @@ class TransactionRunState:
             marks = ", ".join("?" * len(wanted))
             cur.execute(f"SELECT {columns} WHERE tenant_id = ? AND run_id IN ({marks})",
                         [tenant, *wanted])
-        found = {row[0]: row[1:] for row in cur.fetchall()}
-        for run_id in wanted:
-            row = found.get(run_id)
-            if row is None:
-                self._absent.add((tenant, run_id))
-            else:
-                self._runs[(tenant, run_id)] = [int(row[0]), int(row[1]), orjson.loads(row[2]),
-                                                float(row[3]), 0]
+
+        def finish() -> None:
+            found = {row[0]: row[1:] for row in cur.fetchall()}
+            for run_id in wanted:
+                row = found.get(run_id)
+                if row is None:
+                    self._absent.add((tenant, run_id))
+                else:
+                    self._runs[(tenant, run_id)] = [int(row[0]), int(row[1]),
+                                                    orjson.loads(row[2]), float(row[3]), 0]
+
+        return finish
 
     def flush(self) -> None:
         """Write every run this batch changed (one statement for all of them)."""
