@@ -115,6 +115,7 @@ def test_a_revoked_key_gets_401_even_with_an_early_decision(
     key_id = next(k.id for k in list_keys(api.store) if key.startswith(k.prefix))
     revoke_key(api.store, key_id)
     assert api.check(request(), key=key).status_code == 401
+    assert all(known[1] != key_id for known in _pipeline(api)._known.values())
 
 
 def test_the_probe_drops_any_decision_that_asks_for_state() -> None:
@@ -126,3 +127,29 @@ def test_the_probe_drops_any_decision_that_asks_for_state() -> None:
     probe.touched = False
     engine.evaluate(parse_request(json.dumps(request()).encode()))
     assert not probe.touched
+
+
+def test_an_early_decision_too_old_is_made_again(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "EARLY_MAX_AGE_S", -1.0)  # every one is too old
+    pipeline = _pipeline(api)
+    api.check(request())
+    counts = _count_evaluations(pipeline, monkeypatch)
+    assert api.check(request()).json()["verdict"] == "ALLOW"
+    assert counts == {"early": 1, "locked": 1}
+
+
+def test_a_usage_window_never_moves_backwards(api: Api) -> None:
+    """A row already counting in a later minute (another host's clock a little ahead) goes on
+    counting there; it is not reset to the server's earlier minute."""
+    key = api.new_key(per_minute=1000, daily_quota=100_000, monthly_quota=1_000_000)
+    assert api.check(request(), key=key).status_code == 200
+    with api.store.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE key_usage SET minute_key = '2026-03-17T10:01', minute_count = 500, "
+            "day_count = 600, month_count = 700")
+    assert api.check(request(), key=key).status_code == 200  # the clock is frozen at 10:00
+    with api.store.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT minute_key, minute_count, day_count, month_count FROM key_usage").one()
+    assert tuple(row) == ("2026-03-17T10:01", 501, 601, 701)

@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,6 +47,14 @@ def _serve(db_url: str, tmp_path: Path, workers: int) -> Server:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return start_server(db_url, tmp_path, workers=workers)
+
+
+def _two_workers(tmp_path: Path) -> tuple[Server, int, str]:
+    """``stage0 serve --workers 2`` on a fresh SQLite store: the server, its port, a key."""
+    db_url = f"sqlite:///{tmp_path / 'stage0.db'}"
+    key = _key(db_url)
+    server = _serve(db_url, tmp_path, workers=2)
+    return server, int(server.url.rsplit(":", 1)[1]), key
 
 
 def _workers(server: Server) -> set[int]:
@@ -154,10 +163,7 @@ def test_serve_says_when_the_port_is_taken(tmp_path: Path) -> None:
 
 
 def test_connections_spread_over_the_workers(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'stage0.db'}"
-    key = _key(db_url)
-    server = _serve(db_url, tmp_path, workers=2)
-    port = int(server.url.rsplit(":", 1)[1])
+    server, port, key = _two_workers(tmp_path)
     connections: list[socket.socket] = []
     try:
         workers = _workers(server)
@@ -178,10 +184,7 @@ def test_connections_spread_over_the_workers(tmp_path: Path) -> None:
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_stops_all(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'stage0.db'}"
-    key = _key(db_url)
-    server = _serve(db_url, tmp_path, workers=2)
-    port = int(server.url.rsplit(":", 1)[1])
+    server, port, key = _two_workers(tmp_path)
     try:
         workers = _workers(server)
         assert len(workers) == 2, workers
@@ -226,3 +229,76 @@ def test_health_answers_from_every_worker(tmp_path: Path) -> None:
             assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_sighup_without_a_policy_file_leaves_the_workers_running(tmp_path: Path) -> None:
+    server, port, key = _two_workers(tmp_path)
+    try:
+        before = _workers(server)
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert _workers(server) == before  # passed on, ignored: nothing to reload
+        assert all(_check(port, key) == 200 for _ in range(5))
+        assert "exited" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+class _Exited:
+    """A stand-in for a worker process that has ended with ``exitcode``."""
+
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+        self.pid = 4242
+
+
+def _supervisor(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
+    import uvicorn  # noqa: PLC0415
+
+    from stage0.server import workers  # noqa: PLC0415
+
+    started: list[Any] = []
+    sockets = bind_sockets("127.0.0.1", 0, 1)
+    supervisor = workers.Supervisor(uvicorn.Config("x:y"), sockets)
+    supervisor.slots = [workers._Slot(sockets[0])]
+    supervisor._address = sockets[0].getsockname()[:2]
+    monkeypatch.setattr(supervisor, "_start", started.append)
+    return supervisor, started
+
+
+def test_a_start_up_failure_stops_the_supervisor_only_before_any_worker_ran_well(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor, _ = _supervisor(monkeypatch)
+    slot = supervisor.slots[0]
+    slot.process = _Exited(3)
+    assert supervisor._keep_alive() == 3  # the app or the store cannot start: stop
+    supervisor._ever_stable = True  # later, a replacement failing at start is retried
+    slot.process, slot.started_at = _Exited(3), time.monotonic()
+    assert supervisor._keep_alive() == 0
+    assert slot.process is None
+    assert slot.restart_at is not None
+    slot.sock.close()
+
+
+def test_a_worker_that_keeps_dying_is_replaced_ever_later_and_loses_its_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from stage0.server import workers  # noqa: PLC0415
+
+    supervisor, started = _supervisor(monkeypatch)
+    slot = supervisor.slots[0]
+    sock = slot.sock
+    delays = []
+    for _ in range(4):
+        slot.process, slot.started_at = _Exited(1), time.monotonic()
+        now = time.monotonic()
+        assert supervisor._keep_alive() == 0
+        assert slot.restart_at is not None
+        delays.append(round(slot.restart_at - now))
+    assert delays == [1, 2, 4, 8]
+    assert slot.sock is None  # closed after the second failure: the kernel stops queueing
+    assert sock is not None
+    assert sock.fileno() == -1
+    slot.restart_at = time.monotonic() - 1
+    assert supervisor._keep_alive() == 0
+    assert started == [slot]
+    assert workers.MAX_RESTART_DELAY_S == 30.0

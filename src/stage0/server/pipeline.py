@@ -95,6 +95,8 @@ PREFETCH_FROM = 4
 """Batches of at least this many jobs read their open approval requests in one query."""
 TENANTS_KEPT = 10_000
 """Keys whose tenant the writer remembers, to decide their checks before the lock."""
+EARLY_MAX_AGE_S = 1.0
+"""An early decision older than this when its transaction runs is made again."""
 MFA_MAX_FAILURES = 5
 MFA_LOCKOUT_S = 900
 CHECKPOINT_INTERVAL_S = 0.05
@@ -601,7 +603,7 @@ class Pipeline:
             return conn.driver_connection.pipeline()  # type: ignore[no-any-return]
         return nullcontext()
 
-    def _read(self, conn: Any, batch: list[Job], state: _Batch) -> None:
+    def _read(self, conn: Any, batch: list[Job], state: _Batch, *, ahead: bool = True) -> None:
         """Read what the batch needs before its jobs run: the keys, then (under the tenants'
         locks on PostgreSQL) the chain heads, the keys' usage, earlier answers to repeated
         request ids, and (for batches of :data:`PREFETCH_FROM` or more) the open approval
@@ -610,7 +612,10 @@ class Pipeline:
         On PostgreSQL the statements go in a pipeline: when every key of the batch is one this
         writer has seen, keys, locks and reads take one round trip, else two. A job whose
         reads were not made ahead (its key was not the one expected) reads as it goes; the
-        locks are always taken before any job runs."""
+        locks are always taken before any job runs, and always in the order of the tenants'
+        names (a tenant that was not expected and sorts before one locked already means a
+        rollback and the reads again, without reading ahead: no two writers can then wait on
+        each other)."""
         idents: dict[str, Job] = {}
         for job in batch:
             idents.setdefault(_ident(job), job)
@@ -619,7 +624,7 @@ class Pipeline:
             known = self._known.get(job.secret_hash or "") if job.key_id is None else None
             if known is not None:
                 expected[ident] = known
-        ahead = len(expected) == len(idents)
+        ahead = ahead and len(expected) == len(idents)
         cursors: list[Any] = []
         finish: list[Callable[[], None]] = []
         locked: set[str] = set()
@@ -638,6 +643,14 @@ class Pipeline:
             for job in batch:
                 job.key = state.keys[_ident(job)]
             missing = {j.key.tenant_id for j in batch if j.key is not None} - locked
+            if missing and locked and self.store.dialect == "postgresql" and (
+                    min(missing) < max(locked)):
+                conn.rollback()  # releases the locks; nothing was read into the batch yet
+                for job in batch:
+                    job.key = None
+                state.keys.clear()
+                self._read(conn, batch, state, ahead=False)
+                return
             if missing:
                 by_tenant = {ident: key.tenant_id for ident, key in state.keys.items()
                              if key is not None}
@@ -763,6 +776,8 @@ class Pipeline:
         """The key :meth:`_send_key` looked up, if it exists and is not revoked."""
         row = cur.fetchone() if cur is not None else None
         if row is None or row[12] is not None:
+            if job.secret_hash is not None:
+                self._known.pop(job.secret_hash, None)  # unknown or revoked: expect nothing
             return None
         key = ApiKey.from_row(dict(zip(_KEY_COLUMNS, row, strict=True)))
         if job.key_id is None and job.secret_hash is not None:
@@ -1165,11 +1180,10 @@ class Pipeline:
         ledger.append(chain, record)
 
     def _save_usage(self, cur: Any, state: _Batch) -> None:
-        if state.usage and state.windows is not None:
-            w = state.windows
+        if state.usage:
             cur.executemany(self._sql["upsert_usage"], [
-                {"k": key_id, "mk": w.month, "mc": c.month, "dk": w.day, "dc": c.day,
-                 "nk": w.minute, "nc": c.minute}
+                {"k": key_id, "mk": c.month_key, "mc": c.month, "dk": c.day_key, "dc": c.day,
+                 "nk": c.minute_key, "nc": c.minute}
                 for key_id, c in state.usage.items()
             ])
 
@@ -1194,8 +1208,13 @@ class Pipeline:
         if "check" not in key.scopes and "admin" not in key.scopes:
             return Outcome(403, error_body(403, "This key lacks the `check` scope", rid))
         tenant = key.tenant_id
-        early = job.early if job.early is not None and job.early.tenant == tenant else None
-        now = early.now if early is not None else self.clock()
+        now = self.clock()
+        early = job.early
+        if early is not None and (early.tenant != tenant
+                                  or (now - early.now).total_seconds() > EARLY_MAX_AGE_S):
+            early = None
+        if early is not None:
+            now = early.now  # the decision's instant, for everything logged with it
         if job.client_request_id:
             previous = state.answered.get((tenant, rid))
             if previous is None:
@@ -1247,7 +1266,7 @@ class Pipeline:
                     {"retry-after": str(refusal.retry_after)},
                 )
             return Outcome(refusal.status, error_body(refusal.status, refusal.detail, rid))
-        state.usage[key.id] = Counts(counts.month + 1, counts.day + 1, counts.minute + 1)
+        state.usage[key.id] = counts.plus_one()
 
         self.approvals.now_us = int(now.timestamp() * 1e6)
         if early is not None:

@@ -17,6 +17,7 @@ them (each reloads its policy pack in place).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -36,6 +37,12 @@ STARTUP_FAILURE = 3
 """The exit code of a uvicorn worker that failed before serving (the app or the socket is
 broken): restarting it would fail the same way, so the supervisor stops."""
 RESTART_DELAY_S = 1.0
+"""The first replacement's delay; it doubles with each worker that dies again, to 30 s."""
+MAX_RESTART_DELAY_S = 30.0
+STABLE_S = 10.0
+"""A worker up this long has started well: its slot's failures are forgotten, and from then on
+a replacement that fails at start-up is retried rather than stopping the service."""
+PR_SET_PDEATHSIG = 1
 
 multiprocessing.allow_connection_pickling()
 _spawn = multiprocessing.get_context("spawn")
@@ -69,13 +76,7 @@ def bind_sockets(host: str, port: int, count: int, *, backlog: int = 2048) -> li
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            sock.listen(backlog)
-            sock.set_inheritable(True)
+            sockets.append(reuse_port_socket(host, port, backlog))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -83,17 +84,50 @@ def bind_sockets(host: str, port: int, count: int, *, backlog: int = 2048) -> li
     return sockets
 
 
-def _worker(config: uvicorn.Config, sock: socket.socket) -> None:
-    """A worker process: uvicorn's server on its own socket."""
+def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """One more listening socket on ``host:port`` beside the others (``SO_REUSEPORT``)."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _worker(config: uvicorn.Config, sock: socket.socket, supervisor: int) -> None:
+    """A worker process: uvicorn's server on its own socket. It ends with the supervisor
+    (``PR_SET_PDEATHSIG``), and ignores SIGHUP unless it has a policy file to reload (the
+    reloader then handles it)."""
+    _die_with_parent(supervisor)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config.configure_logging()
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this process when ``parent`` ends (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.debug("PR_SET_PDEATHSIG is not available", exc_info=True)
+    if os.getppid() != parent:  # the supervisor ended before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclass
 class _Slot:
-    sock: socket.socket
+    sock: socket.socket | None
     process: SpawnProcess | None = None
-    died_at: float | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    failures: int = 0
+    """Consecutive short-lived runs (reset once a worker stays up :data:`STABLE_S`)."""
 
 
 @dataclass
@@ -104,14 +138,16 @@ class Supervisor:
     sockets: list[socket.socket]
     slots: list[_Slot] = field(default_factory=list)
     should_exit: threading.Event = field(default_factory=threading.Event)
+    _ever_stable: bool = False
+    _address: tuple[str, int] = ("", 0)
 
     def run(self) -> int:
         self.slots = [_Slot(sock) for sock in self.sockets]
+        self._address = self.sockets[0].getsockname()[:2]
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        host, port = self.sockets[0].getsockname()[:2]
         log.info("stage0 serve: %d worker processes on http://%s:%d, each with its own "
-                 "listening socket (SO_REUSEPORT)", len(self.slots), host, port)
+                 "listening socket (SO_REUSEPORT)", len(self.slots), *self._address)
         code = 0
         try:
             for slot in self.slots:
@@ -124,8 +160,8 @@ class Supervisor:
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for sock in self.sockets:
-                sock.close()
+            for sock in [*self.sockets, *(s.sock for s in self.slots if s.sock is not None)]:
+                sock.close()  # closing twice is harmless
         return code
 
     def _on_signal(self, sig: int, _frame: Any) -> None:
@@ -138,29 +174,48 @@ class Supervisor:
         self.should_exit.set()
 
     def _start(self, slot: _Slot) -> None:
-        process = _spawn.Process(target=_worker, args=(self.config, slot.sock),
+        if slot.sock is None:  # closed after repeated failures: a fresh one beside the others
+            slot.sock = reuse_port_socket(*self._address, self.config.backlog)
+        process = _spawn.Process(target=_worker, args=(self.config, slot.sock, os.getpid()),
                                  name="stage0-worker")
         process.start()
-        slot.process, slot.died_at = process, None
+        slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
         log.info("started worker process [%s]", process.pid)
 
     def _keep_alive(self) -> int:
-        """Replace dead workers (after a short pause); a worker that could not start stops
-        the supervisor with its exit code."""
+        """Replace dead workers, after a delay that grows while they keep dying. A worker that
+        fails at start-up before any has run well stops the supervisor with its exit code (the
+        app or the store cannot start, and would not on a retry either)."""
         now = time.monotonic()
         for slot in self.slots:
             process = slot.process
-            if process is not None and process.exitcode is not None:
-                if process.exitcode == STARTUP_FAILURE:
+            if process is not None and process.exitcode is None:
+                if now - slot.started_at >= STABLE_S:
+                    slot.failures = 0
+                    self._ever_stable = True
+                continue
+            if process is not None:
+                if process.exitcode == STARTUP_FAILURE and not self._ever_stable:
                     log.error("worker process [%s] failed to start; stopping", process.pid)
                     return STARTUP_FAILURE
-                log.warning("worker process [%s] exited with %s; replacing it", process.pid,
-                            process.exitcode)
+                slot.failures = 0 if now - slot.started_at >= STABLE_S else slot.failures + 1
+                delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** max(0, slot.failures - 1))
+                log.warning("worker process [%s] exited with %s; replacing it in %g s",
+                            process.pid, process.exitcode, delay)
                 _forget_metrics(process.pid)
-                slot.process, slot.died_at = None, now
-            if slot.process is None and slot.died_at is not None and (
-                    now - slot.died_at >= RESTART_DELAY_S) and not self.should_exit.is_set():
-                self._start(slot)
+                if slot.failures >= 2 and slot.sock is not None:
+                    # connections the kernel queues on a slot that keeps failing would wait
+                    # for nothing: close it, so they go to the live workers
+                    slot.sock.close()
+                    slot.sock = None
+                slot.process, slot.restart_at = None, now + delay
+            if (slot.restart_at is not None and now >= slot.restart_at
+                    and not self.should_exit.is_set()):
+                try:
+                    self._start(slot)
+                except OSError as exc:
+                    log.error("cannot replace a worker: %s; trying again", exc)
+                    slot.restart_at = now + MAX_RESTART_DELAY_S
         return 0
 
     def _stop_all(self) -> None:
@@ -193,6 +248,9 @@ def _forget_metrics(pid: int | None) -> None:
 def serve(app: str, *, host: str, port: int, workers: int, **options: Any) -> int:
     """Serve ``app`` (an import string of an app factory) with ``workers`` processes."""
     if workers <= 1 or not reuse_port_supported():
+        # SIGHUP reloads a policy file (the reloader installs its handler); with none there is
+        # nothing to reload, and a hangup must not stop the server
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         uvicorn.run(app, factory=True, host=host, port=port, workers=workers, **options)
         return 0
     config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -56,6 +57,8 @@ class Store:
         self._lock_fd: int | None = None
         self._lock_path: str | None = None
         self._checkpoint_conn: Any = None
+        self._checkpoint_lock = threading.Lock()
+        self._disposed = False
         self.file_backed = False
         """An SQLite database in a file (one with a write-ahead log to checkpoint)."""
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
@@ -164,22 +167,27 @@ class Store:
     def checkpoint(self) -> None:
         """A passive WAL checkpoint on a connection of its own: copies what it can of the log
         into the database file without waiting for (or blocking) readers and writers."""
-        if self._checkpoint_conn is None:
-            self._checkpoint_conn = self.engine.raw_connection()
-        try:
-            cursor = self._checkpoint_conn.cursor()
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            cursor.fetchall()
-            cursor.close()
-        except Exception:
-            conn, self._checkpoint_conn = self._checkpoint_conn, None
-            conn.invalidate()
-            raise
+        with self._checkpoint_lock:  # not while dispose() closes the connection
+            if self._disposed:
+                return
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = self.engine.raw_connection()
+            try:
+                cursor = self._checkpoint_conn.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+                cursor.close()
+            except Exception:
+                conn, self._checkpoint_conn = self._checkpoint_conn, None
+                conn.invalidate()
+                raise
 
     def dispose(self) -> None:
-        conn, self._checkpoint_conn = self._checkpoint_conn, None
-        if conn is not None:
-            conn.close()
+        with self._checkpoint_lock:
+            self._disposed = True
+            conn, self._checkpoint_conn = self._checkpoint_conn, None
+            if conn is not None:
+                conn.close()
         self.engine.dispose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -30,21 +30,42 @@ class Windows:
 
 @dataclass(frozen=True, slots=True)
 class Counts:
+    """A key's counts, each with the window it counts in."""
+
     month: int
     day: int
     minute: int
+    month_key: str = ""
+    day_key: str = ""
+    minute_key: str = ""
 
     @classmethod
     def current(cls, row: Any, w: Windows) -> Counts:
-        """Counts in the current windows from a ``key_usage`` row (or none yet)."""
+        """Counts in the current windows from a ``key_usage`` row (or none yet).
+
+        A window never moves backwards: when the row already counts in a later window than
+        ``w`` (another server process, or another host, whose clock is a little ahead; a
+        decision made a moment before the row was written), counting goes on in the row's
+        window instead of restarting an older one from zero."""
         if row is None:
-            return cls(0, 0, 0)
+            return cls(0, 0, 0, w.month, w.day, w.minute)
         month_key, month_count, day_key, day_count, minute_key, minute_count = row
-        return cls(
-            month_count if month_key == w.month else 0,
-            day_count if day_key == w.day else 0,
-            minute_count if minute_key == w.minute else 0,
-        )
+        month = _window(month_key, month_count, w.month)
+        day = _window(day_key, day_count, w.day)
+        minute = _window(minute_key, minute_count, w.minute)
+        return cls(month[1], day[1], minute[1], month[0], day[0], minute[0])
+
+    def plus_one(self) -> Counts:
+        return Counts(self.month + 1, self.day + 1, self.minute + 1, self.month_key,
+                      self.day_key, self.minute_key)
+
+
+def _window(stored_key: str | None, stored_count: int, current: str) -> tuple[str, int]:
+    """The window to count in and its count so far (window keys are fixed-width ISO
+    strings, so they order as text)."""
+    if stored_key is not None and stored_key >= current:
+        return stored_key, int(stored_count)
+    return current, 0
 
 
 @dataclass(frozen=True, slots=True)
