@@ -6,6 +6,8 @@ inside the transaction as before."""
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from stage0.engine import Engine
 from stage0.policy import load_policy
 from stage0.server import pipeline as pipeline_module
 from stage0.server.pipeline import _StateProbe
+from stage0.store import ledger
 from stage0.store.keys import list_keys, revoke_key
 from stage0.store.signing import Keyring
 from tests.helpers import request
@@ -153,3 +156,39 @@ def test_a_usage_window_never_moves_backwards(api: Api) -> None:
         row = conn.exec_driver_sql(
             "SELECT minute_key, minute_count, day_count, month_count FROM key_usage").one()
     assert tuple(row) == ("2026-03-17T10:01", 501, 601, 701)
+
+
+def test_checks_queued_during_a_lock_wait_join_the_batch(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: while a batch waits for its tenant's lock, what queues behind it joins it
+    (same key, same tenant) and is answered, logged and chained like the rest."""
+    if api.store.dialect != "postgresql":
+        pytest.skip("the writer gathers under the lock on SQLite already")
+    pipeline = _pipeline(api)
+    assert api.check(request()).status_code == 200  # the key is known; its tenant too
+    joined: list[int] = []
+    real = pipeline._join_late
+
+    def spy(batch: list[Any], state: Any) -> None:
+        before = len(batch)
+        real(batch, state)
+        joined.append(len(batch) - before)
+
+    monkeypatch.setattr(pipeline, "_join_late", spy)
+    locker = api.store.engine.raw_connection()
+    try:
+        cur = locker.cursor()
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('default'))")  # held until commit
+        with ThreadPoolExecutor(12) as pool:
+            answers = [pool.submit(api.check, request()) for _ in range(12)]
+            time.sleep(1.0)  # the first batch waits on the lock; the others queue behind it
+            locker.commit()
+            statuses = [a.result(timeout=30).status_code for a in answers]
+    finally:
+        locker.close()
+    assert statuses == [200] * 12
+    assert sum(joined) > 0, joined  # some joined the batch that waited
+    assert all(report.ok for report in ledger.verify(api.store))
+    with api.store.connect() as conn:
+        logged = conn.exec_driver_sql("SELECT count(*) FROM decisions WHERE kind = 'decision'")
+        assert logged.scalar() == 13

@@ -281,6 +281,8 @@ class Pipeline:
         """Key hash to (tenant, key id), as the transactions found them: whom to decide for
         early, and what to read ahead for."""
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._carried: list[Job | None] = []
+        """A job taken from the queue that could not join the last batch: the next turn's first."""
         self._pending_policy: tuple[CompiledPolicy, tuple[CompiledPolicy, ...]] | None = None
         self._conn: Any = None
         self._sql = {name: store.sql(text) for name, text in {
@@ -397,7 +399,7 @@ class Pipeline:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._carried.pop() if self._carried else self._queue.get()
             if job is None:
                 return
             batch = [job]
@@ -560,6 +562,8 @@ class Pipeline:
                 self.run_state.begin(cur)
                 self.approvals.cursor = cur
                 self._read(conn, batch, state)
+                if self.store.dialect == "postgresql":
+                    self._join_late(batch, state)
                 outcomes = [self._handle_safely(cur, job, state) for job in batch]
                 started = time.perf_counter()
                 with self._pipeline(conn):  # PostgreSQL: writes and COMMIT in one round trip
@@ -595,6 +599,26 @@ class Pipeline:
             outcome.headers.setdefault("x-request-id", job.request_id)
             if not job.future.done():  # a caller that gave up may have cancelled it
                 job.future.set_result(outcome)
+
+    def _join_late(self, batch: list[Job], state: _Batch) -> None:
+        """PostgreSQL: the checks that queued while this transaction waited for its tenants'
+        locks join it, when they need nothing more read ahead — a key the batch has read, a
+        tenant it holds the lock of — instead of waiting for the next batch, a whole turn of
+        the lock later. (They are decided inside; whatever else they need, they read as they
+        go.) The first job that cannot join starts the next batch. On SQLite the writer
+        gathers the queue once it holds the write lock, before its transaction begins."""
+        while len(batch) < self.batch_max:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            key = state.keys.get(_ident(more)) if more is not None else None
+            if (more is None or more.op != "check" or key is None
+                    or key.tenant_id not in state.chains):
+                self._carried.append(more)
+                return
+            more.key = key
+            batch.append(more)
 
     def _pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         """PostgreSQL's pipeline mode on ``conn`` (statements sent without waiting, one round
