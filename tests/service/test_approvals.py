@@ -418,10 +418,8 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
               for n in (100, 200, 300)]
 
     def run(jobs: list[Job]) -> list[dict[str, Any]]:
-        pipeline._process(jobs)
-        return [orjson.loads(j.future.result().body)  # type: ignore[arg-type]
-                if isinstance(j.future.result().body, bytes) else j.future.result().body
-                for j in jobs]
+        return [orjson.loads(o.body) if isinstance(o.body, bytes) else o.body
+                for o in pipeline._process(jobs)]
 
     def checks(n: int) -> list[Job]:
         return [Job(secret=agent, raw=bodies[i % 3], request=parse_request(bodies[i % 3]),

@@ -433,7 +433,13 @@ class Pipeline:
             # joins this batch (one commit, one fsync for all of it) instead of waiting a turn
             self._gather(batch)
             metrics.QUEUE_DEPTH.set(self._queue.qsize())  # sampled once a batch: cheap
-            self._process(batch)
+            outcomes = self._process(batch)
+        # committed (or failed closed): the answers go out once the lock is free for the other
+        # processes (each one wakes its caller's event loop, a system call)
+        for done, outcome in zip(batch, outcomes, strict=True):
+            outcome.headers.setdefault("x-request-id", done.request_id)
+            if not done.future.done():  # a caller that gave up may have cancelled it
+                done.future.set_result(outcome)
 
     def _gather(self, batch: list[Job]) -> None:
         """Add the queued jobs to ``batch`` (up to ``batch_max``; a sweep waits its turn)."""
@@ -550,7 +556,9 @@ class Pipeline:
             except Exception:
                 log.debug("invalidating a broken connection failed", exc_info=True)
 
-    def _process(self, batch: list[Job]) -> None:
+    def _process(self, batch: list[Job]) -> list[Outcome]:
+        """Decide and log ``batch`` in one transaction; its answers, one per job (all 503s
+        failing closed when the transaction does)."""
         outcomes: list[Outcome] = []
         try:
             conn = self._connection()
@@ -595,10 +603,7 @@ class Pipeline:
                     self.policy_version))
                 for job in batch
             ]
-        for job, outcome in zip(batch, outcomes, strict=True):
-            outcome.headers.setdefault("x-request-id", job.request_id)
-            if not job.future.done():  # a caller that gave up may have cancelled it
-                job.future.set_result(outcome)
+        return outcomes
 
     def _join_late(self, batch: list[Job], state: _Batch) -> None:
         """PostgreSQL: the checks that queued while this transaction waited for its tenants'
