@@ -168,3 +168,40 @@ def test_migration_0008_compresses_the_log_with_lz4_on_postgresql(store: Store) 
             "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
             "'decisions'::regclass AND attname IN ('request', 'response')")).all())
     assert found == ({"request": "l", "response": "l"} if lz4 else {"request": "", "response": ""})
+
+
+def test_sqlite_batches_are_synced_after_the_lock_and_before_any_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = Store.sync_wal
+
+    def counted(self: Store) -> None:
+        real(self)
+        synced.append(1)
+
+    monkeypatch.setattr(Store, "sync_wal", counted)
+    with running_app(f"sqlite:///{tmp_path / 'stage0.db'}") as api:
+        pipeline = _pipeline(api)
+        for _ in range(5):
+            assert api.check(request()).status_code == 200
+        assert len(synced) >= pipeline._committed >= 5  # every committed batch, a sweep too
+        writer = pipeline._connection().cursor()
+        assert writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: synced by us
+        writer.close()
+        with api.store.engine.connect() as conn:  # every other connection: FULL
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+def test_a_failed_sync_fails_the_batch_closed(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Store) -> None:
+        raise OSError(5, "Input/output error")
+
+    with running_app(f"sqlite:///{tmp_path / 'stage0.db'}") as api:
+        monkeypatch.setattr(Store, "sync_wal", broken)
+        failed = api.check(request())
+        assert failed.status_code == 503
+        assert failed.json()["verdict"] == "DENY"
+        assert failed.json()["decision"] == "ERROR"
+        monkeypatch.undo()
+        assert api.check(request()).json()["verdict"] == "ALLOW"  # and the writer goes on

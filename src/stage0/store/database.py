@@ -60,6 +60,7 @@ class Store:
         self._checkpoint_lock = threading.Lock()
         self._disposed = False
         self.file_backed = False
+        self._database = ""
         """An SQLite database in a file (one with a write-ahead log to checkpoint)."""
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
@@ -76,6 +77,7 @@ class Store:
                     and not database.startswith("file:")):
                 self._lock_path = f"{database}-writer.lock"
                 self.file_backed = True
+                self._database = database
         else:
             self.engine = create_engine(
                 self.url, pool_pre_ping=True, pool_size=4, max_overflow=4,
@@ -163,6 +165,23 @@ class Store:
                             "the writers", exc)
                 self._lock_path = None
         return self._lock_fd
+
+    def sync_wal(self) -> None:
+        """Flush this SQLite database's write-ahead log to the disk (``fdatasync``): what a
+        commit with ``synchronous=FULL`` does, done by the decision writer after it releases
+        the write lock. Without a WAL file (all of it checkpointed and the file removed) the
+        database file is synced instead."""
+        for path in (f"{self._database}-wal", self._database):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            return
+        raise FileNotFoundError(f"no database file to sync at {self._database}")
 
     def checkpoint(self) -> None:
         """A passive WAL checkpoint on a connection of its own: copies what it can of the log
