@@ -51,6 +51,21 @@ def _count_evaluations(pipeline: pipeline_module.Pipeline,
     return counts
 
 
+def _count_joins(pipeline: pipeline_module.Pipeline,
+                 monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many checks joined each batch late (``Pipeline._join_late``), one entry a batch."""
+    joined: list[int] = []
+    real = pipeline._join_late
+
+    def spy(conn: Any, batch: list[Any], state: Any) -> None:
+        before = len(batch)
+        real(conn, batch, state)
+        joined.append(len(batch) - before)
+
+    monkeypatch.setattr(pipeline, "_join_late", spy)
+    return joined
+
+
 def _comparable(body: dict[str, Any]) -> dict[str, Any]:
     """A response without what differs between two checks of one body (ids, token, times)."""
     body = dict(body)
@@ -166,15 +181,7 @@ def test_checks_queued_during_a_lock_wait_join_the_batch(
         pytest.skip("the writer gathers under the lock on SQLite already")
     pipeline = _pipeline(api)
     assert api.check(request()).status_code == 200  # the key is known; its tenant too
-    joined: list[int] = []
-    real = pipeline._join_late
-
-    def spy(batch: list[Any], state: Any) -> None:
-        before = len(batch)
-        real(batch, state)
-        joined.append(len(batch) - before)
-
-    monkeypatch.setattr(pipeline, "_join_late", spy)
+    joined = _count_joins(pipeline, monkeypatch)
     locker = api.store.engine.raw_connection()
     try:
         cur = locker.cursor()
@@ -192,3 +199,29 @@ def test_checks_queued_during_a_lock_wait_join_the_batch(
     with api.store.connect() as conn:
         logged = conn.exec_driver_sql("SELECT count(*) FROM decisions WHERE kind = 'decision'")
         assert logged.scalar() == 13
+
+
+def test_a_key_revoked_while_a_batch_waits_is_refused_to_the_checks_that_join_it(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    if api.store.dialect != "postgresql":
+        pytest.skip("the writer reads keys under the lock on SQLite already")
+    pipeline = _pipeline(api)
+    key = api.new_key()
+    assert api.check(request(), key=key).status_code == 200
+    joined = _count_joins(pipeline, monkeypatch)
+    locker = api.store.engine.raw_connection()
+    try:
+        locker.cursor().execute("SELECT pg_advisory_xact_lock(hashtext('default'))")
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(api.check, request(), key)  # read the key, waits for the lock
+            time.sleep(0.5)
+            key_id = next(k.id for k in list_keys(api.store) if key.startswith(k.prefix))
+            revoke_key(api.store, key_id)  # confirmed while the batch waits
+            second = pool.submit(api.check, request(), key)  # sent after the revocation
+            time.sleep(0.5)
+            locker.commit()
+            assert first.result(timeout=30).status_code == 200  # sent before it
+            assert second.result(timeout=30).status_code == 401
+    finally:
+        locker.close()
+    assert sum(joined) == 1, joined  # the second joined the waiting batch, with the key re-read

@@ -192,16 +192,33 @@ def test_sqlite_batches_are_synced_after_the_lock_and_before_any_answer(
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
-def test_a_failed_sync_fails_the_batch_closed(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_sync_fails_closed_for_good_and_readyz_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(self: Store) -> None:
         raise OSError(5, "Input/output error")
 
     with running_app(f"sqlite:///{tmp_path / 'stage0.db'}") as api:
+        assert api.check(request()).status_code == 200
         monkeypatch.setattr(Store, "sync_wal", broken)
         failed = api.check(request())
         assert failed.status_code == 503
         assert failed.json()["verdict"] == "DENY"
         assert failed.json()["decision"] == "ERROR"
-        monkeypatch.undo()
-        assert api.check(request()).json()["verdict"] == "ALLOW"  # and the writer goes on
+        monkeypatch.undo()  # the disk "works" again: what reached it is still unknown
+        again = api.check(request())
+        assert again.status_code == 503
+        assert again.json()["verdict"] == "DENY"
+        ready = api.client.get("/readyz")
+        assert ready.status_code == 503
+        assert any("could not be flushed to disk" in p for p in ready.json()["problems"])
+
+
+def test_a_missing_wal_is_a_failed_sync(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'stage0.db'}")
+    try:
+        store.migrate()
+        store.engine.dispose()  # the last connection closes: SQLite checkpoints, removes the WAL
+        with pytest.raises(FileNotFoundError):
+            store.sync_wal()  # no connection holds the database: no WAL file to flush
+    finally:
+        store.dispose()

@@ -553,6 +553,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(writable)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             problems.append(f"the store is not writable: {str(exc).splitlines()[0][:200]}")
+        broken = state["pipeline"].broken if state.get("pipeline") is not None else None
+        if broken is not None:
+            problems.append(broken)
         reloader = state.get("reloader")
         body = {
             "status": "ready" if not problems else "not ready",

@@ -282,7 +282,8 @@ class Pipeline:
         early, and what to read ahead for."""
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._carried: list[Job | None] = []
-        """A job taken from the queue that could not join the last batch: the next turn's first."""
+        """Jobs taken from the queue that could not join the last batch: the next turns' first,
+        in order."""
         self._pending_policy: tuple[CompiledPolicy, tuple[CompiledPolicy, ...]] | None = None
         self._conn: Any = None
         self._sql = {name: store.sql(text) for name, text in {
@@ -302,12 +303,15 @@ class Pipeline:
             "principal": "SELECT principal FROM api_keys WHERE id = :k",
             "token_use": "INSERT INTO token_uses (tenant_id, jti, key_id, consumed_us) "
                          "VALUES (:t, :j, :k, :c)"}.items()}
-        self._thread = threading.Thread(target=self._run, name="stage0-writer", daemon=True)
-        self._thread.start()
         self._committed = 0
+        """Batches committed (the checkpointer runs only when there are new ones)."""
         self._deferred_sync = store.file_backed
         """SQLite file: commit without syncing, sync after the lock (:meth:`_make_durable`)."""
-        """Batches committed (the checkpointer runs only when there are new ones)."""
+        self.broken: str | None = None
+        """Why this writer answers every job with a fail-closed 503 until the process restarts
+        (a failed flush of the log: what is on disk is no longer known)."""
+        self._thread = threading.Thread(target=self._run, name="stage0-writer", daemon=True)
+        self._thread.start()
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if store.file_backed:
@@ -401,7 +405,7 @@ class Pipeline:
 
     def _run(self) -> None:
         while True:
-            job = self._carried.pop() if self._carried else self._queue.get()
+            job = self._carried.pop(0) if self._carried else self._queue.get()
             if job is None:
                 return
             batch = [job]
@@ -421,15 +425,18 @@ class Pipeline:
         """One turn of the writer: a sweep, or a batch of the jobs queued (``batch`` is filled
         in place, so that :meth:`_run` can fail them closed if anything here raises)."""
         self._apply_pending_policy()
+        if self.broken is not None:
+            self._gather(batch)
+            for done, outcome in zip(batch, self._fail_all(batch), strict=True):
+                if not done.future.done():
+                    done.future.set_result(outcome)
+            return
         if job.op == "sweep":
             metrics.QUEUE_DEPTH.set(self._queue.qsize())
             with self.store.writer_lock():
                 self._process_sweep(job)
             if self._deferred_sync:
-                try:
-                    self.store.sync_wal()
-                except OSError as exc:
-                    log.error("the decision log could not be synced after a sweep: %s", exc)
+                self._sync()
             return
         # What is queued now is decided before the lock, where it can be (while another
         # process holds the lock, this one's writer would only wait).
@@ -459,18 +466,35 @@ class Pipeline:
         batch's frames to the WAL without waiting for the disk, and releases the lock. This
         sync then makes them durable (it covers every frame written before them, other
         processes' included) while the next process already writes its batch: the disk's
-        flush is no longer part of the turn every writer waits for. A failed sync fails the
-        batch closed: its rows may not survive a power loss, so no answer is given."""
+        flush is no longer part of the turn every writer waits for.
+
+        A failed sync is final for this process, as a failed fsync is for PostgreSQL: the
+        batch's rows are committed (other connections see them, a repeated request id would
+        replay them) but what reached the disk is unknown, and a retried sync can report
+        success over pages the kernel dropped. So the batch and every later job get a
+        fail-closed 503, ``/readyz`` says why, and the process must be restarted (on restart
+        SQLite recovers the log from what is on disk)."""
+        if self._sync():
+            return outcomes
+        return self._fail_all(batch)
+
+    def _sync(self) -> bool:
+        """Flush the log (:meth:`_make_durable`); on failure mark this writer broken."""
         try:
             self.store.sync_wal()
         except OSError as exc:
-            log.error("the decision log could not be synced, failing %d request(s) closed: %s",
-                      len(batch), exc)
-            metrics.FAIL_CLOSED.labels(reason="store").inc(len(batch))
-            return [Outcome(503, fail_closed_body(
-                job.request_id, "The decision log could not be made durable; failing closed",
-                self.policy_version)) for job in batch]
-        return outcomes
+            self.broken = (f"the decision log could not be flushed to disk ({exc}); this "
+                           "server process fails every check closed until it is restarted")
+            log.critical("%s", self.broken)
+            return False
+        return True
+
+    def _fail_all(self, batch: list[Job]) -> list[Outcome]:
+        """Fail-closed 503s for ``batch`` (this writer is :attr:`broken`)."""
+        metrics.FAIL_CLOSED.labels(reason="store").inc(len(batch))
+        return [Outcome(503, fail_closed_body(
+            job.request_id, "The decision log could not be made durable; failing closed",
+            self.policy_version), {"x-request-id": job.request_id}) for job in batch]
 
     def _gather(self, batch: list[Job]) -> None:
         """Add the queued jobs to ``batch`` (up to ``batch_max``; a sweep waits its turn)."""
@@ -607,7 +631,7 @@ class Pipeline:
                 self.approvals.cursor = cur
                 self._read(conn, batch, state)
                 if self.store.dialect == "postgresql":
-                    self._join_late(batch, state)
+                    self._join_late(conn, batch, state)
                 outcomes = [self._handle_safely(cur, job, state) for job in batch]
                 started = time.perf_counter()
                 with self._pipeline(conn):  # PostgreSQL: writes and COMMIT in one round trip
@@ -641,25 +665,47 @@ class Pipeline:
             ]
         return outcomes
 
-    def _join_late(self, batch: list[Job], state: _Batch) -> None:
+    def _join_late(self, conn: Any, batch: list[Job], state: _Batch) -> None:
         """PostgreSQL: the checks that queued while this transaction waited for its tenants'
-        locks join it, when they need nothing more read ahead — a key the batch has read, a
-        tenant it holds the lock of — instead of waiting for the next batch, a whole turn of
-        the lock later. (They are decided inside; whatever else they need, they read as they
-        go.) The first job that cannot join starts the next batch. On SQLite the writer
-        gathers the queue once it holds the write lock, before its transaction begins."""
-        while len(batch) < self.batch_max:
+        locks join it — a key the batch has read, a tenant it holds the lock of — instead of
+        waiting for the next batch, a whole turn of the lock later. Their keys are read again
+        first, under the locks: a key revoked (or changed) while the batch waited answers as it
+        is now, not as the batch read it. (They are decided inside; whatever else they need,
+        they read as they go.) The first job that cannot join starts the next batch. On SQLite
+        the writer gathers the queue once it holds the write lock, before its transaction
+        begins."""
+        late: list[Job] = []
+        while len(batch) + len(late) < self.batch_max:
             try:
                 more = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
+            if more is not None and more.op == "sweep":
+                self._carried.append(more)  # the next turn's, after this batch
+                continue
             key = state.keys.get(_ident(more)) if more is not None else None
             if (more is None or more.op != "check" or key is None
                     or key.tenant_id not in state.chains):
                 self._carried.append(more)
-                return
-            more.key = key
-            batch.append(more)
+                break
+            late.append(more)
+        if not late:
+            return
+        idents = {_ident(job): job for job in late}
+        cursors: list[Any] = []
+        try:
+            with self._pipeline(conn):
+                sent = {ident: self._send_key(self._cursor(conn, cursors), job)
+                        for ident, job in idents.items()}
+            fresh = {ident: self._key_from(sent[ident], job) for ident, job in idents.items()}
+        finally:
+            for cursor in cursors:
+                cursor.close()
+        for job in late:
+            key = fresh[_ident(job)]
+            # a key's tenant never changes; were it not locked, the job gets no key (401)
+            job.key = key if key is not None and key.tenant_id in state.chains else None
+            batch.append(job)
 
     def _pipeline(self, conn: Any) -> AbstractContextManager[Any]:
         """PostgreSQL's pipeline mode on ``conn`` (statements sent without waiting, one round

@@ -61,6 +61,8 @@ class Store:
         self._disposed = False
         self.file_backed = False
         self._database = ""
+        self._wal_fd: int | None = None
+        self._wal_inode = 0
         """An SQLite database in a file (one with a write-ahead log to checkpoint)."""
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
@@ -169,19 +171,27 @@ class Store:
     def sync_wal(self) -> None:
         """Flush this SQLite database's write-ahead log to the disk (``fdatasync``): what a
         commit with ``synchronous=FULL`` does, done by the decision writer after it releases
-        the write lock. Without a WAL file (all of it checkpointed and the file removed) the
-        database file is synced instead."""
-        for path in (f"{self._database}-wal", self._database):
+        the write lock.
+
+        The log is synced through a descriptor kept open (reopened when SQLite starts a new
+        WAL file, and the directory synced once then), so that a write-back error the kernel
+        records for the file is reported to this process even when another process's sync
+        ran into it first. A missing WAL (while the writer's connection is open SQLite keeps
+        one) is an error, like a failed sync: the caller fails closed."""
+        path = f"{self._database}-wal"
+        inode = os.stat(path).st_ino  # FileNotFoundError (an OSError) when it is gone
+        if self._wal_fd is None or self._wal_inode != inode:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
+            fd = os.open(path, os.O_RDONLY)
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fdatasync(fd)
+                os.fsync(directory)  # the new WAL file's entry in its directory
             finally:
-                os.close(fd)
-            return
-        raise FileNotFoundError(f"no database file to sync at {self._database}")
+                os.close(directory)
+            self._wal_fd, self._wal_inode = fd, os.fstat(fd).st_ino
+        os.fdatasync(self._wal_fd)
 
     def checkpoint(self) -> None:
         """A passive WAL checkpoint on a connection of its own: copies what it can of the log
@@ -202,6 +212,9 @@ class Store:
                 raise
 
     def dispose(self) -> None:
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
         with self._checkpoint_lock:
             self._disposed = True
             conn, self._checkpoint_conn = self._checkpoint_conn, None
