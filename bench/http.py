@@ -1,11 +1,13 @@
 """Throughput and latency of POST /check over HTTP, with the durable decision log.
 
-Run: ``make bench`` (or ``python bench/http.py [--duration S] [--connections N]``). Needs
-``wrk`` (Debian package ``wrk``). Load goes to 127.0.0.1 only and each run is bounded by
-``--duration``. Three targets are measured in the same run, each with the same number of server
-processes: a raw-ASGI hello world under uvicorn (the ceiling of the HTTP stack), ``stage0 serve``
-on SQLite and ``stage0 serve`` on PostgreSQL (a fresh database on 127.0.0.1:5432). The requests
-cycle through the worked examples. Prints a Markdown table for docs/performance.md.
+Run: ``make bench`` (or ``python bench/http.py [--duration S] [--warmup S] [--connections N]``).
+Needs ``wrk`` (Debian package ``wrk``). Load goes to 127.0.0.1 only and each run is bounded by
+``--warmup`` plus ``--duration``: every target gets the same load for the warm-up seconds first
+(not counted: a fresh server and a fresh store fill their caches), then the measured run.
+Three targets are measured in the same run, each with the same number of server processes: a
+raw-ASGI hello world under uvicorn (the ceiling of the HTTP stack), ``stage0 serve`` on SQLite
+and ``stage0 serve`` on PostgreSQL (a fresh database on 127.0.0.1:5432). The requests cycle
+through the worked examples. Prints a Markdown table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def _wrk(url: str, script: Path, duration: int, connections: int, threads: int) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per target")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of the same load before each measurement (not counted)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
@@ -161,22 +165,27 @@ def main() -> int:
         folder = Path(tmp)
         hello = [python, "-m", "uvicorn", "bench.hello_asgi:app", "--workers",
                  str(args.workers), "--no-access-log", "--log-level", "warning"]
+        def measure(url: str, script: Path) -> dict[str, float]:
+            # a fresh server and store warm up first (caches, prepared statements, the new
+            # tables' first pages): the same load, not counted
+            if args.warmup > 0:
+                _wrk(url, script, args.warmup, args.connections, args.threads)
+            return _wrk(url, script, args.duration, args.connections, args.threads)
+
         with _server(hello, "/") as base:
             script = _lua("none", bodies, folder)
-            results["raw ASGI hello world (uvicorn)"] = _wrk(
-                base + "/check", script, args.duration, args.connections, args.threads)
+            results["raw ASGI hello world (uvicorn)"] = measure(base + "/check", script)
         sqlite_url = f"sqlite:///{folder / 'bench.db'}"
         script = _lua(_key(sqlite_url), bodies, folder)
         with _server([*stage0, "--db", sqlite_url], "/healthz") as base:
-            results["stage0 serve, SQLite"] = _wrk(
-                base, script, args.duration, args.connections, args.threads)
+            results["stage0 serve, SQLite"] = measure(base, script)
         with _pg_database() as pg_url:
             script = _lua(_key(pg_url), bodies, folder)
             with _server([*stage0, "--db", pg_url], "/healthz") as base:
-                results["stage0 serve, PostgreSQL"] = _wrk(
-                    base, script, args.duration, args.connections, args.threads)
+                results["stage0 serve, PostgreSQL"] = measure(base, script)
     print(f"{args.connections} connections, {args.workers} server processes, wrk "
-          f"{args.threads} threads, {args.duration} s per target, {len(bodies)} example bodies")
+          f"{args.threads} threads, {args.duration} s per target after {args.warmup} s of "
+          f"warm-up, {len(bodies)} example bodies")
     print()
     print("| target | requests/s | p50 ms | p99 ms | requests | non-2xx |")
     print("|---|---|---|---|---|---|")
