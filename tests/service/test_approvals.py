@@ -432,8 +432,18 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
         ids = [b["approval"]["approval_id"] for b in first]
         assert len(set(ids)) == 3
         assert ids[:3] == ids[3:6]  # the same action reuses its request within the batch
+        fetched: list[str] = []
+        real_fetch = pipeline.approvals._fetch
+
+        def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
+            fetched.append(sql)
+            return real_fetch(sql, *args, **kwargs)
+
+        pipeline.approvals._fetch = counted  # type: ignore[method-assign]
         again = run(checks(8))
+        pipeline.approvals._fetch = real_fetch  # type: ignore[method-assign]
         assert [b["approval"]["approval_id"] for b in again] == ids  # and across batches
+        assert "open" not in fetched  # all three came from the batch's one prefetch query
         vote = {"approval_id": ids[0], "reason": "ok", "totp": None}
         run([Job(secret=approver, raw=orjson.dumps(vote), request=None, invalid=None,
                  request_id=str(uuid.uuid4()), client_request_id=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -319,9 +320,20 @@ def _comparable(response: object) -> tuple[int, object, str]:
             response.headers["content-type"])  # type: ignore[attr-defined]
 
 
-def test_the_asgi_fast_path_answers_like_the_route(api: Api) -> None:
+def test_the_asgi_fast_path_answers_like_the_route(api: Api,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """`POST /check` is answered straight from the ASGI call; the FastAPI route (its OpenAPI
     description) answers the same for every kind of request."""
+    from stage0.server import app as app_module  # noqa: PLC0415
+
+    fast_calls: list[int] = []
+    real_fast = app_module._fast_check
+
+    async def counted(*args: Any) -> None:
+        fast_calls.append(1)
+        await real_fast(*args)
+
+    monkeypatch.setattr(app_module, "_fast_check", counted)
     app = api.client.app
     bearer = {"authorization": f"Bearer {api.key}"}
     cases: list[tuple[object, dict[str, str]]] = [
@@ -345,6 +357,7 @@ def test_the_asgi_fast_path_answers_like_the_route(api: Api) -> None:
         assert _comparable(fast) == _comparable(routed), (body, headers)
         assert fast.headers["x-request-id"]
         assert int(fast.headers["content-length"]) == len(fast.content)
+    assert len(fast_calls) == len(cases)  # the first of each pair took the fast path, only it
 
 
 def test_the_fast_path_streams_and_caps_a_large_body(api: Api) -> None:

@@ -151,11 +151,6 @@ def test_sqlite_checkpoints_in_the_background_after_commits_only(
         assert len(calls) == settled  # idle: no more checkpoints
 
 
-def test_memory_and_postgresql_stores_have_no_checkpointer(api: Api) -> None:
-    pipeline = _pipeline(api)
-    assert (pipeline._checkpointer is not None) == pipeline.store.file_backed
-
-
 def test_migration_0008_compresses_the_log_with_lz4_on_postgresql(store: Store) -> None:
     with store.engine.connect() as conn:
         if store.dialect == "sqlite":  # no such setting: the migration does nothing there

@@ -48,6 +48,11 @@ class PackSet:
     def versions(self) -> list[str]:
         return [p.policy_version for p in (self.active, *self.held)]
 
+    @property
+    def held_versions(self) -> list[str]:
+        """The versions held for pinned requests (all but the active one)."""
+        return self.versions[1:]
+
 
 def pack_files(path: str | Path) -> list[Path]:
     """The pack files of ``path``: the file itself, or every YAML file of the directory."""

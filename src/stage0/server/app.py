@@ -170,7 +170,7 @@ async def _fast_check(handler: CheckHandler, scope: Scope, receive: Receive,
         log.exception("internal error")
         if started:
             raise
-        rid = headers.get("x-request-id") or str(uuid.uuid4())
+        rid = _request_id(headers.get("x-request-id"))[0]
         content = orjson.dumps(error_body(500, "Internal error", rid))
         await send({"type": "http.response.start", "status": 500, "headers": [
             (b"content-type", b"application/json"),
@@ -261,7 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # -- errors: one shape ------------------------------------------------------------------
 
     def _error(status: int, detail: str, request: Request, **extra: Any) -> JSONResponse:
-        rid = request.headers.get("x-request-id") or str(uuid.uuid4())
+        rid = _request_id(request.headers.get("x-request-id"))[0]
         headers = {"x-request-id": rid}
         if "retry_after_seconds" in extra:
             headers["retry-after"] = str(extra["retry_after_seconds"])
@@ -561,7 +561,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ready" if not problems else "not ready",
             "policy_version": policy.policy_version if policy else None,
             "policy_sha256": policy.sha256 if policy else None,
-            "held_versions": [p.policy_version for p in state["packs"].held]
+            "held_versions": state["packs"].held_versions
             if state.get("packs") is not None else [],
             "problems": problems,
             "last_reload": reloader.status if reloader is not None else None,

@@ -38,7 +38,7 @@ from stage0.policy import CompiledPolicy, normalize_name
 from stage0.policy.compiled import ApprovalRule, BreakGlassRule
 from stage0.server import metrics
 from stage0.store import ledger, webhooks
-from stage0.store.approvals import ApprovalStore
+from stage0.store.approvals import ApprovalStore, is_open
 from stage0.store.database import Store
 from stage0.store.keys import ApiKey, hash_key, normalize_principal
 from stage0.store.redact import redact
@@ -209,19 +209,6 @@ def _ident(job: Job) -> str:
     return job.secret if job.key_id is None else "\0" + job.key_id
 
 
-def _any(pg: bool, column: str, name: str, values: list[str], params: dict[str, Any]) -> str:
-    """``column`` is one of ``values``, as a condition for the dialect (its parameters are
-    added to ``params``)."""
-    if pg:
-        params[name] = values
-        return f"{column} = ANY(%({name})s)"
-    marks = []
-    for i, value in enumerate(values):
-        params[f"{name}{i}"] = value
-        marks.append(f":{name}{i}")
-    return f"{column} IN ({', '.join(marks)})"
-
-
 def _refusal(status: int, code: str, detail: str, request_id: str, **extra: Any) -> Outcome:
     """A refused approval, break-glass or token operation: the error shape with its ``code``
     (and ``retry-after`` when the refusal says when to try again)."""
@@ -337,10 +324,6 @@ class Pipeline:
             self._early_engine = Engine(self.policy, run_state=self._probe,
                                         approvals=self._probe, clock=self.clock,
                                         held=self.held)
-
-    def _deciding(self, body: dict[str, Any]) -> CompiledPolicy | None:
-        """The pack that made a decision: the active one, or a held one a request pinned."""
-        return self._by_version(body.get("policy_version"))
 
     def _by_version(self, version: object) -> CompiledPolicy | None:
         """The pack of ``version`` if this server holds it, else the active one."""
@@ -522,7 +505,6 @@ class Pipeline:
                     self._decide_one_early(job, job.request)
                 except Exception:  # an optimisation: the transaction decides it instead
                     log.debug("no early decision for %s", job.request_id, exc_info=True)
-                    job.early = None
 
     def _decide_one_early(self, job: Job, request: CheckRequest) -> None:
         engine, probe = self._early_engine, self._probe
@@ -787,32 +769,26 @@ class Pipeline:
                     state: _Batch) -> list[Callable[[], None]]:
         """Send the batch's reads for ``tenants`` (their locks first, in a fixed order, on
         PostgreSQL); return the functions that read the answers."""
-        pg = self.store.dialect == "postgresql"
         finish: list[Callable[[], None]] = []
-        if pg:
+        if self.store.dialect == "postgresql":
             lock = self._cursor(conn, cursors)
             for tenant in sorted(tenants):
                 lock.execute("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": tenant})
-        heads = self._cursor(conn, cursors)
-        params: dict[str, Any] = {}
-        heads.execute("SELECT tenant_id, seq, row_hash FROM chain_heads WHERE "
-                      + _any(pg, "tenant_id", "t", sorted(tenants), params), params)
+        heads = ledger.read_heads(self.store, self._cursor(conn, cursors), tenants)
 
         def read_heads() -> None:
-            found = {row[0]: (int(row[1]), row[2]) for row in heads.fetchall()}
-            for tenant in tenants:
-                seq, head = found.get(tenant, (0, ledger.GENESIS))
-                state.chains.setdefault(tenant, ledger.ChainCursor(seq, head))
+            for tenant, chain in heads().items():
+                state.chains.setdefault(tenant, chain)
 
         finish.append(read_heads)
         checks = [j for j in batch if j.op == "check" and tenant_of.get(_ident(j)) in tenants]
         key_ids = sorted({key_id_of[_ident(j)] for j in checks if _ident(j) in key_id_of})
         if key_ids:
             usage = self._cursor(conn, cursors)
-            params = {}
+            params: dict[str, Any] = {}
             usage.execute("SELECT key_id, month_key, month_count, day_key, day_count, "
                           "minute_key, minute_count FROM key_usage WHERE "
-                          + _any(pg, "key_id", "k", key_ids, params), params)
+                          + self.store.any_of("key_id", "k", key_ids, params), params)
 
             def read_usage() -> None:
                 found = {row[0]: row[1:] for row in usage.fetchall()}
@@ -829,8 +805,8 @@ class Pipeline:
             params = {}
             replays.execute(
                 "SELECT request_id, input_sha256, response, http_status FROM decisions WHERE "
-                + _any(pg, "tenant_id", "t", [tenant], params) + " AND "
-                + _any(pg, "request_id", "r", request_ids, params), params)
+                + self.store.any_of("tenant_id", "t", [tenant], params) + " AND "
+                + self.store.any_of("request_id", "r", request_ids, params), params)
 
             def read_replays(cursor: Any = replays, tenant: str = tenant,
                              request_ids: list[str] = request_ids) -> None:
@@ -910,7 +886,7 @@ class Pipeline:
         approval = self.approvals.open_for(tenant, digest, now_us)
         if approval is None:
             ctx = request.context
-            deciding = self._deciding(body)
+            deciding = self._by_version(body.get("policy_version"))
             approval = self.approvals.create(
                 tenant=tenant, digest=digest, action=_action_summary(request, body),
                 buckets=list(body["buckets"]), environment=body.get("environment"),
@@ -1124,9 +1100,7 @@ class Pipeline:
                           "break-glass never lifts a DENY rule")
         cur.execute(self._sql["glass_for"], {"t": key.tenant_id, "r": target})
         for other_id, other_status, other_expires, other_by in cur.fetchall():
-            live = (other_status == "used" or (other_status == "pending" and other_expires > now_us)
-                    or (other_status == "approved" and (other_by or 0) > now_us))
-            if live:
+            if other_status == "used" or is_open(other_status, other_expires, other_by, now_us):
                 return refuse(409, "BREAK_GLASS_ALREADY_DECLARED",
                               f"Decision `{target}` already has break-glass `{other_id}` "
                               f"({other_status}); one declaration lets its action through once")

@@ -69,7 +69,7 @@ class PolicyReloader:
         self._apply(packs)
         self.status = {"ok": True, "error": None, "reloaded_at": time.time(),
                        "policy_version": packs.active.policy_version,
-                       "held_versions": [p.policy_version for p in packs.held]}
+                       "held_versions": packs.held_versions}
         metrics.POLICY_RELOADS.labels(result="applied").inc()
         log.warning("policy reloaded: now serving %s (also held for pins: %s)",
                     packs.active.policy_version,

@@ -28,22 +28,19 @@ COLUMNS = (
     "kind", "reason", "lifts",
 )
 SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
-SELECT_OPEN = (
-    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND action_digest = :d "
-    "AND ((status = 'pending' AND expires_us > :now) "
-    "OR (status = 'approved' AND execute_by_us > :now)) ORDER BY created_us DESC LIMIT 1"
-)
 _OPEN_WHERE = (
     "AND ((status = 'pending' AND expires_us > {now}) "
     "OR (status = 'approved' AND execute_by_us > {now})) ORDER BY created_us DESC"
 )
-SELECT_OPEN_MANY_PG = (
-    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = %(t)s "
-    "AND action_digest = ANY(%(ds)s) " + _OPEN_WHERE.format(now="%(now)s")
+"""Still open: pending and unexpired, or granted and within its execute-by window (the same
+rule as :func:`is_open`)."""
+SELECT_OPEN = (
+    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND action_digest = :d "
+    + _OPEN_WHERE.format(now=":now") + " LIMIT 1"
 )
-SELECT_OPEN_MANY_SQLITE = (
-    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = ? "
-    "AND action_digest IN (:ds) " + _OPEN_WHERE.format(now="?")
+SELECT_OPEN_MANY = (
+    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND {{digests}} "
+    + _OPEN_WHERE.format(now=":now")
 )
 INSERT = (
     f"INSERT INTO approvals ({', '.join(COLUMNS)}) VALUES "
@@ -140,6 +137,13 @@ class Approval:
         )
 
 
+def is_open(status: str, expires_us: int, execute_by_us: int | None, now_us: int) -> bool:
+    """Whether a request can still move its action forward at ``now_us``: pending and
+    unexpired, or granted and within its execute-by window (``_OPEN_WHERE`` in SQL)."""
+    return (status == "pending" and expires_us > now_us) or (
+        status == "approved" and (execute_by_us or 0) > now_us)
+
+
 def _nothing() -> None:
     """A prefetch with nothing to read."""
 
@@ -159,11 +163,10 @@ class ApprovalStore:
             "one": SELECT_ONE, "open": SELECT_OPEN, "insert": INSERT, "update": UPDATE,
             "vote": INSERT_VOTE, "votes": SELECT_VOTES,
             "count": "UPDATE approvals SET approvals_count = :n WHERE id = :i",
-            "open_many": SELECT_OPEN_MANY_PG if store.dialect == "postgresql"
-            else SELECT_OPEN_MANY_SQLITE,
+            "open_many": SELECT_OPEN_MANY,
             "expired_ids": "SELECT id FROM approvals WHERE tenant_id = :t AND status = 'pending' "
                            "AND expires_us <= :now ORDER BY created_us LIMIT 100"}.items()}
-        self._postgres = store.dialect == "postgresql"
+        self._store = store
         self._cursor: Any = None
         self.now_us = 0
         self._open: dict[tuple[str, str], Approval | None] = {}
@@ -195,22 +198,18 @@ class ApprovalStore:
         return Approval(record, votes)
 
     def prefetch_open(self, tenant: str, digests: set[str], now_us: int,
-                      cursor: Any = None) -> Callable[[], None]:
+                      cur: Any) -> Callable[[], None]:
         """Read the open requests of several actions in one query (``open_for`` answers from
         what it read): a batch's DEFERs then cost no query each, a round trip on PostgreSQL.
 
-        The query is sent on ``cursor`` (default: the transaction's) and read by the function
-        returned, so that several reads can go to PostgreSQL in one pipeline."""
+        The query is sent on ``cur`` and read by the function returned, so that several reads
+        can go to PostgreSQL in one pipeline."""
         wanted = [d for d in digests if (tenant, d) not in self._open]
         if not wanted:
             return _nothing
-        cur = cursor if cursor is not None else self.cursor
-        if self._postgres:
-            cur.execute(self._sql["open_many"], {"t": tenant, "ds": wanted, "now": now_us})
-        else:
-            marks = ", ".join("?" * len(wanted))
-            cur.execute(self._sql["open_many"].replace(":ds", marks),
-                        [tenant, *wanted, now_us, now_us])
+        params: dict[str, Any] = {"t": tenant, "now": now_us}
+        cur.execute(self._sql["open_many"].format(
+            digests=self._store.any_of("action_digest", "d", wanted, params)), params)
 
         def finish() -> None:
             found: dict[str, dict[str, Any]] = {}
@@ -244,8 +243,8 @@ class ApprovalStore:
         if key in self._open:  # read before in this transaction; still open at ``now_us``?
             cached = self._open[key]
             row = cached.row if cached is not None else None
-            if row is None or (row["status"] == "pending" and row["expires_us"] > now_us) or (
-                    row["status"] == "approved" and (row["execute_by_us"] or 0) > now_us):
+            if row is None or is_open(row["status"], row["expires_us"], row["execute_by_us"],
+                                      now_us):
                 return cached
         found = self._fetch("open", {"t": tenant, "d": digest, "now": now_us},
                             votes_if_counted=True)

@@ -133,6 +133,18 @@ class Store:
             return statement
         return _NAMED.sub(r"%(\1)s", statement)
 
+    def any_of(self, column: str, name: str, values: list[str], params: dict[str, Any]) -> str:
+        """``column`` is one of ``values``, as a condition in this dialect's parameter style
+        (the parameters are added to ``params``)."""
+        if self.dialect == "postgresql":
+            params[name] = values
+            return f"{column} = ANY(%({name})s)"
+        marks = []
+        for i, value in enumerate(values):
+            params[f"{name}{i}"] = value
+            marks.append(f":{name}{i}")
+        return f"{column} IN ({', '.join(marks)})"
+
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Serialise the decision writers of every process on this store.

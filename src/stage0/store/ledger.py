@@ -9,7 +9,7 @@ row breaks the link, a deleted row leaves a gap in ``seq`` or a head that points
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,11 +53,23 @@ class ChainCursor:
 
 
 def read_head(store: Store, cursor: Any, tenant: str) -> ChainCursor:
-    cursor.execute(
-        store.sql("SELECT seq, row_hash FROM chain_heads WHERE tenant_id = :t"), {"t": tenant}
-    )
-    row = cursor.fetchone()
-    return ChainCursor(0, GENESIS) if row is None else ChainCursor(int(row[0]), row[1])
+    return read_heads(store, cursor, [tenant])()[tenant]
+
+
+def read_heads(store: Store, cursor: Any,
+               tenants: Iterable[str]) -> Callable[[], dict[str, ChainCursor]]:
+    """Send the read of several tenants' chain heads on ``cursor``; the function returned reads
+    the answer (so that the read can share a PostgreSQL pipeline with others)."""
+    wanted = sorted(set(tenants))
+    params: dict[str, Any] = {}
+    cursor.execute("SELECT tenant_id, seq, row_hash FROM chain_heads WHERE "
+                   + store.any_of("tenant_id", "t", wanted, params), params)
+
+    def finish() -> dict[str, ChainCursor]:
+        found = {row[0]: (int(row[1]), row[2]) for row in cursor.fetchall()}
+        return {t: ChainCursor(*found.get(t, (0, GENESIS))) for t in wanted}
+
+    return finish
 
 
 INSERT_DECISION = (

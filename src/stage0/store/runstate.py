@@ -40,7 +40,6 @@ class TransactionRunState:
         self._store = store
         self._select = store.sql(SELECT)
         self._upsert = store.sql(UPSERT)
-        self._postgres = store.dialect == "postgresql"
         self.cursor: Any = None
         self._runs: dict[tuple[str, str], list[Any]] = {}
         self._absent: set[tuple[str, str]] = set()
@@ -60,23 +59,18 @@ class TransactionRunState:
         self._absent = set()
         self._changed = set()
 
-    def prefetch(self, tenant: str, run_ids: set[str],
-                 cursor: Any = None) -> Callable[[], None]:
+    def prefetch(self, tenant: str, run_ids: set[str], cur: Any) -> Callable[[], None]:
         """Read several runs of a tenant in one query (``observe`` then needs none). The query
-        is sent on ``cursor`` (default: the transaction's) and read by the function returned,
-        so that several reads can go to PostgreSQL in one pipeline."""
+        is sent on ``cur`` and read by the function returned, so that several reads can go to
+        PostgreSQL in one pipeline."""
         wanted = [r for r in run_ids if (tenant, r) not in self._runs]
         if not wanted:
             return _nothing
-        cur = cursor if cursor is not None else self.cursor
-        columns = "run_id, iterations, first_seen_us, recent_tools, cost_usd FROM run_state"
-        if self._postgres:
-            cur.execute(f"SELECT {columns} WHERE tenant_id = %(t)s AND run_id = ANY(%(rs)s)",
-                        {"t": tenant, "rs": wanted})
-        else:
-            marks = ", ".join("?" * len(wanted))
-            cur.execute(f"SELECT {columns} WHERE tenant_id = ? AND run_id IN ({marks})",
-                        [tenant, *wanted])
+        params: dict[str, Any] = {"t": tenant}
+        cur.execute(self._store.sql(
+            "SELECT run_id, iterations, first_seen_us, recent_tools, cost_usd FROM run_state "
+            "WHERE tenant_id = :t AND ") + self._store.any_of("run_id", "r", wanted, params),
+            params)
 
         def finish() -> None:
             found = {row[0]: row[1:] for row in cur.fetchall()}
