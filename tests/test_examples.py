@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -71,3 +73,15 @@ def test_decisions_are_reproducible() -> None:
     first = make_engine(example.evaluated_at).check(example.request).to_json()
     second = make_engine(example.evaluated_at).check(example.request).to_json()
     assert first == second
+
+
+def test_every_test_reads_the_examples_through_the_one_loader() -> None:
+    """A test that finds the contract's examples on its own (``../shared/examples``) breaks in a
+    clone with nothing beside it; ``tests.conftest`` (``EXAMPLES``, ``examples_dir()``) is the
+    one way, falling back to the vendored copy."""
+    tests = Path(__file__).resolve().parent
+    own = re.compile(r"""["']shared["']\s*/\s*["']examples|shared/examples["']""")
+    offenders = [str(p.relative_to(tests)) for p in sorted(tests.rglob("*.py"))
+                 if p.name != "conftest.py" or p.parent != tests
+                 if p != Path(__file__).resolve() and own.search(p.read_text("utf-8"))]
+    assert not offenders, f"find the examples through tests.conftest.EXAMPLES: {offenders}"

@@ -9,7 +9,6 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +21,9 @@ from stage0.server.pipeline import _StateProbe
 from stage0.store import ledger
 from stage0.store.keys import list_keys, revoke_key
 from stage0.store.signing import Keyring
+from tests.conftest import EXAMPLES, Example
 from tests.helpers import request
 from tests.service.conftest import Api
-
-EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "shared" / "examples").glob("*.json"))
 
 
 def _pipeline(api: Api) -> pipeline_module.Pipeline:
@@ -74,10 +72,10 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.path.stem for e in EXAMPLES])
 def test_an_early_decision_is_the_one_the_transaction_gives(
-        api: Api, example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    body = json.loads(example.read_text())["request"]
+        api: Api, example: Example, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = example.request
     ctx = body.get("context") or {}
     stateful = bool(ctx.get("run_id") or ctx.get("approval_id"))
     pipeline = _pipeline(api)
@@ -98,10 +96,10 @@ def test_an_early_decision_is_the_one_the_transaction_gives(
 
 def test_an_early_allow_carries_a_valid_token_for_its_tenant(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    body = json.loads(next(p for p in EXAMPLES if p.stem == "protected-request").read_text())
+    body = next(e for e in EXAMPLES if e.path.stem == "protected-request").request
     counts = _count_evaluations(_pipeline(api), monkeypatch)
-    api.check(body["request"])
-    answer = api.check(body["request"]).json()
+    api.check(body)
+    answer = api.check(body).json()
     assert counts["early"] == 1
     assert answer["verdict"] == "ALLOW"
     frozen = datetime(2026, 3, 17, 10, tzinfo=UTC).timestamp()  # the app's frozen clock

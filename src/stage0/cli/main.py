@@ -21,6 +21,7 @@ from stage0.cli.service import (
     approvals,
     audit,
     keys,
+    migrate,
     policy_replay,
     policy_shadow_report,
     serve,
@@ -209,6 +210,7 @@ def schema(which: str) -> None:
 
 
 cli.add_command(serve)
+cli.add_command(migrate)
 cli.add_command(keys)
 cli.add_command(audit)
 cli.add_command(approvals)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import orjson
+from sqlalchemy import make_url
 
 from stage0.contract.request import parse_instant
 from stage0.policy import PolicyError, load_policy
@@ -56,12 +57,23 @@ def _instant(value: str | None, name: str) -> datetime | None:
 
 
 @contextmanager
-def _store(db: str | None) -> Iterator[Store]:
-    """The store, migrated; its connections are closed when the command is done."""
+def _store(db: str | None, *, create: bool = False) -> Iterator[Store]:
+    """The store, migrated; its connections are closed when the command is done.
+
+    Only ``create`` (``stage0 serve``, ``stage0 migrate``) makes a new store: every other command
+    refuses a URL that holds none (a mistyped path, the wrong working directory), rather than
+    answering from an empty store it has just created.
+    """
     store = Store(db)
     try:
         try:
+            if not create and not store.exists():
+                raise click.ClickException(
+                    f"no Stage0 store at {_describe(store)}: pass the server's store with "
+                    "--db or STAGE0_DATABASE_URL, or create one with `stage0 migrate`")
             store.migrate()
+        except click.ClickException:
+            raise
         except Exception as exc:  # noqa: BLE001 - report any connection or migration failure
             raise click.ClickException(
                 f"cannot open the store {redact_url(store.url)}: {str(exc).splitlines()[0]}"
@@ -69,6 +81,41 @@ def _store(db: str | None) -> Iterator[Store]:
         yield store
     finally:
         store.dispose()
+
+
+def _describe(store: Store) -> str:
+    """The store's URL without its password; a relative SQLite path also as an absolute one."""
+    url = redact_url(store.url)
+    database = make_url(store.url).database if store.dialect == "sqlite" else None
+    if database and database != ":memory:" and not os.path.isabs(database):
+        return f"{url} ({os.path.abspath(database)})"
+    return url
+
+
+@click.command()
+@DB_OPTION
+def migrate(db: str | None) -> None:
+    """Create the store, or upgrade its schema to this version's (idempotent; safe to run at
+    every start, several servers at once on PostgreSQL)."""
+    probe = Store(db)
+    try:
+        before = _schema_revision(probe) if probe.exists() else None
+    except Exception:  # noqa: BLE001 - _store below reports the connection failure
+        before = None
+    finally:
+        probe.dispose()
+    with _store(db, create=True) as store:
+        after = _schema_revision(store)
+    what = ("created" if before is None else "up to date:" if before == after
+            else f"upgraded from schema {before}:")
+    click.echo(f"{what} {_describe(store)} (schema {after})")
+
+
+def _schema_revision(store: Store) -> str:
+    """The store's Alembic revision."""
+    with store.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    return ",".join(sorted(str(r[0]) for r in rows)) or "none"
 
 
 @click.command()
@@ -90,6 +137,25 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
     """Serve the Stage0 HTTP API (POST /check, GET /usage, the decision log, health, metrics)."""
     from stage0.server import workers as workers_  # noqa: PLC0415 - only the server needs it
 
+    # the port first: a busy port must fail before a store is created or a key is printed
+    try:
+        sockets = workers_.listen(host, port, workers)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{exc.strerror or exc} (is another server running there? choose another --port)"
+        ) from None
+    port = sockets[0].getsockname()[1]
+    try:
+        _serve_on(sockets, host, port, db, policy_path, workers, frozen_time, access_log)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_path: str | None,
+              workers: int, frozen_time: str | None, access_log: bool) -> None:
+    from stage0.server import workers as workers_  # noqa: PLC0415 - only the server needs it
+
     if frozen_time is not None:
         _instant(frozen_time, "--frozen-time")
         click.echo(click.style("warning: ", fg="yellow", bold=True)
@@ -107,7 +173,7 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
     except PolicyError as exc:
         click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)
                    + "\nevery /check will fail closed (DENY) until the pack is fixed", err=True)
-    with _store(db) as store:
+    with _store(db, create=True) as store:
         click.echo(f"store    {redact_url(store.url)}", err=True)
         secret = bootstrap(store)
         ensure_signing_key(store)
@@ -127,10 +193,11 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
         os.environ["STAGE0_POLICY"] = str(Path(policy_path).resolve())
     if frozen_time:
         os.environ["STAGE0_FROZEN_TIME"] = frozen_time
+    click.echo(f"serving  http://{host}:{port} ({workers} worker{'s' * (workers > 1)})", err=True)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stage0-metrics-")
     try:
-        code = workers_.serve("stage0.server.app:create_app_from_env", host=host, port=port,
+        code = workers_.serve("stage0.server.app:create_app_from_env", sockets=sockets,
                               workers=workers, access_log=access_log, log_level="info")
     except OSError as exc:
         raise click.ClickException(str(exc)) from None

@@ -245,16 +245,43 @@ def _forget_metrics(pid: int | None) -> None:
         log.debug("could not clear the metrics of worker %s", pid, exc_info=True)
 
 
-def serve(app: str, *, host: str, port: int, workers: int, **options: Any) -> int:
-    """Serve ``app`` (an import string of an app factory) with ``workers`` processes."""
-    if workers <= 1 or not reuse_port_supported():
+def listen(host: str, port: int, workers: int, *, backlog: int = 2048) -> list[socket.socket]:
+    """The listening sockets ``stage0 serve`` will hand to its workers, bound before anything
+    else happens, so a busy port fails at once and the same way whatever ``workers`` is.
+
+    One worker (or a kernel without ``SO_REUSEPORT`` balancing): one socket. Several workers:
+    :func:`bind_sockets`. Port 0 takes a free port (``sockets[0].getsockname()[1]``).
+    """
+    if workers > 1 and reuse_port_supported():
+        return bind_sockets(host, port, workers, backlog=backlog)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return [sock]
+
+
+def serve(app: str, *, sockets: list[socket.socket], workers: int, **options: Any) -> int:
+    """Serve ``app`` (an import string of an app factory) with ``workers`` processes on the
+    sockets :func:`listen` bound."""
+    host, port = sockets[0].getsockname()[:2]
+    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers, **options)
+    if len(sockets) == 1:
         # SIGHUP reloads a policy file (the reloader installs its handler); with none there is
         # nothing to reload, and a hangup must not stop the server
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        uvicorn.run(app, factory=True, host=host, port=port, workers=workers, **options)
+        if workers <= 1:
+            uvicorn.Server(config).run(sockets=sockets)
+            return 0
+        # several workers without SO_REUSEPORT balancing: uvicorn's processes share the socket
+        from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+        Multiprocess(config, sockets=sockets).run()
         return 0
-    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
-                            **options)
     config.configure_logging()
-    sockets = bind_sockets(host, port, workers, backlog=config.backlog)
     return Supervisor(config, sockets).run()

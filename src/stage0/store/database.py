@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - not on the supported platforms
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import Connection
 
 log = logging.getLogger("stage0.store")
@@ -87,6 +87,18 @@ class Store:
             )
 
     # -- schema -------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether this URL already holds a Stage0 store (a migrated schema). Never creates
+        anything: for an SQLite file that is not there, the file is not touched."""
+        if self.dialect == "sqlite":
+            database = make_url(self.url).database
+            if not database or database == ":memory:":
+                return False
+            if not database.startswith("file:") and not os.path.exists(database):
+                return False
+        with self.engine.connect() as conn:
+            return inspect(conn).has_table("alembic_version")
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest migration (idempotent)."""
