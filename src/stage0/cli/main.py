@@ -14,19 +14,15 @@ import click
 import orjson
 
 from stage0 import __version__
+from stage0.cli.approvals_cmds import approvals
+from stage0.cli.audit_cmds import audit
+from stage0.cli.keys_cmds import keys
 from stage0.cli.mcp_proxy import mcp_proxy
 from stage0.cli.policy_cmds import policy_test, policy_validate
 from stage0.cli.render import render_text
-from stage0.cli.service import (
-    approvals,
-    audit,
-    keys,
-    migrate,
-    policy_replay,
-    policy_shadow_report,
-    serve,
-    webhooks_group,
-)
+from stage0.cli.replay_cmds import policy_replay, policy_shadow_report
+from stage0.cli.serve import migrate, serve
+from stage0.cli.webhooks_cmds import webhooks_group
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError
 from stage0.contract.request import parse_instant
 from stage0.engine import Engine, InMemoryRunState

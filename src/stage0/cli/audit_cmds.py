@@ -1,0 +1,106 @@
+"""``stage0 audit``: verify and export the hash-chained decision log; break-glass review."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from stage0.cli.stores import DB_OPTION, open_store, option_instant
+from stage0.store import ledger
+
+
+@click.group()
+def audit() -> None:
+    """Verify and export the hash-chained decision log."""
+
+
+@audit.command("verify")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant's chain.")
+def audit_verify(db: str | None, tenant: str | None) -> None:
+    """Recompute every chain; name each modified, inserted or deleted row. Exit 1 if any."""
+    with open_store(db) as store:
+        reports = ledger.verify(store, tenant)
+    broken = 0
+    for report in reports:
+        mark = click.style("ok", fg="green") if report.ok else click.style("BROKEN", fg="red")
+        click.echo(f"{report.tenant}: {report.rows} rows {mark}")
+        for problem in report.problems:
+            click.echo(f"  - {problem}")
+        broken += not report.ok
+    if not reports:
+        click.echo("no decisions logged yet")
+    sys.exit(1 if broken else 0)
+
+
+@audit.command("export")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--since", default=None, help="ISO-8601: records at or after.")
+@click.option("--until", default=None, help="ISO-8601: records before.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
+              help="File to write (default: standard output).")
+def audit_export(db: str | None, tenant: str | None, since: str | None, until: str | None,
+                 fmt: str, output: str) -> None:
+    """Stream log records as JSON lines, oldest first, with a progress bar on stderr."""
+    from tqdm import tqdm  # noqa: PLC0415 - only this command needs it
+
+    since_at, until_at = option_instant(since, "--since"), option_instant(until, "--until")
+    with open_store(db) as store:
+        total = ledger.count(store, tenant)
+        out: Any = sys.stdout.buffer if output == "-" else Path(output).open("wb")  # noqa: SIM115
+        try:
+            with tqdm(total=total, unit="rec", file=sys.stderr, disable=None) as bar:
+                for record in ledger.export(store, tenant=tenant, since=since_at, until=until_at):
+                    out.write(orjson.dumps(record) + b"\n")
+                    bar.update(1)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+
+
+@audit.command("break-glass")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
+@click.option("--since", default=None, help="ISO-8601: declarations at or after.")
+@click.option("--until", default=None, help="ISO-8601: declarations before.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def audit_break_glass(db: str | None, tenant: str | None, since: str | None,
+                      until: str | None, fmt: str) -> None:
+    """List break-glass declarations for post-incident review: who, when, why, what it let
+    through, and the decision that used it."""
+    import time  # noqa: PLC0415
+
+    from stage0.store.approvals import break_glass_report  # noqa: PLC0415
+
+    since_at, until_at = option_instant(since, "--since"), option_instant(until, "--until")
+    with open_store(db) as store:
+        items = break_glass_report(
+            store, tenant, int(time.time() * 1e6),
+            since_us=int(since_at.timestamp() * 1e6) if since_at else None,
+            until_us=int(until_at.timestamp() * 1e6) if until_at else None)
+    if fmt == "json":
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+        return
+    if not items:
+        click.echo("no break-glass declarations")
+        return
+    for b in items:
+        used = b["used_by"]
+        outcome = (f"used by {used['request_id']} ({used.get('verdict', '?')})" if used
+                   else f"{b['status']} (usable until {b['usable_until']})")
+        held = b["declared_for"] or {}
+        click.echo(f"{b['declared_at']}  {b['approval_id']}  {b['tenant_id']}  "
+                   f"by {b['declared_by']}{' (MFA)' if b['mfa'] else ''}")
+        click.echo(f"  action: {', '.join(b['action'].get('tools') or []) or '-'} "
+                   f"[{', '.join(b['buckets']) or '-'}] in {b['environment'] or '-'}")
+        click.echo(f"  held by: {', '.join(held.get('issues') or []) or '-'} "
+                   f"(decision {held.get('request_id')})")
+        click.echo(f"  reason: {b['reason']}")
+        click.echo(f"  outcome: {outcome}")

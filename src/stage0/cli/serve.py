@@ -1,0 +1,124 @@
+"""``stage0 serve`` and ``stage0 migrate``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stage0.cli.stores import DB_OPTION, describe_store, open_store, option_instant, schema_revision
+from stage0.policy import PolicyError, load_policy
+from stage0.store import Store
+from stage0.store.database import URL_ENV, redact_url, resolve_url
+from stage0.store.keys import bootstrap
+from stage0.store.signing import ensure_signing_key
+
+
+@click.command()
+@DB_OPTION
+def migrate(db: str | None) -> None:
+    """Create the store, or upgrade its schema to this version's (idempotent; safe to run at
+    every start, several servers at once on PostgreSQL)."""
+    probe = Store(db)
+    try:
+        before = schema_revision(probe) if probe.exists() else None
+    except Exception:  # noqa: BLE001 - open_store below reports the connection failure
+        before = None
+    finally:
+        probe.dispose()
+    with open_store(db, create=True) as store:
+        after = schema_revision(store)
+    what = ("created" if before is None else "up to date:" if before == after
+            else f"upgraded from schema {before}:")
+    click.echo(f"{what} {describe_store(store)} (schema {after})")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@DB_OPTION
+@click.option("--policy", "policy_path", envvar="STAGE0_POLICY", default=None,
+              type=click.Path(), help="Policy pack YAML, or a directory holding one (default: "
+                                      "built-in). Reloaded on SIGHUP and when it changes.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes.")
+@click.option("--frozen-time", "frozen_time", default=None,
+              help="Pin the evaluation clock (ISO-8601) for demos and tests; recorded on every "
+                   "decision.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="Log every HTTP request.")
+def serve(host: str, port: int, db: str | None, policy_path: str | None, workers: int,
+          frozen_time: str | None, access_log: bool) -> None:
+    """Serve the Stage0 HTTP API (POST /check, GET /usage, the decision log, health, metrics)."""
+    from stage0.server import workers as workers_  # noqa: PLC0415 - only the server needs it
+
+    # the port first: a busy port must fail before a store is created or a key is printed
+    try:
+        sockets = workers_.listen(host, port, workers)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{exc.strerror or exc} (is another server running there? choose another --port)"
+        ) from None
+    port = sockets[0].getsockname()[1]
+    try:
+        _serve_on(sockets, host, port, db, policy_path, workers, frozen_time, access_log)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_path: str | None,
+              workers: int, frozen_time: str | None, access_log: bool) -> None:
+    from stage0.server import workers as workers_  # noqa: PLC0415 - only the server needs it
+
+    if frozen_time is not None:
+        option_instant(frozen_time, "--frozen-time")
+        click.echo(click.style("warning: ", fg="yellow", bold=True)
+                   + f"the evaluation clock is frozen at {frozen_time}; every decision records "
+                     "it. Do not use this in production.", err=True)
+    try:
+        from stage0.policy.packset import PackSet, load_pack_set  # noqa: PLC0415
+
+        packs = load_pack_set(policy_path) if policy_path else PackSet(load_policy(None))
+        policy = packs.active
+        click.echo(f"policy   {policy.policy_version} ({policy.sha256[:12]})", err=True)
+        for held in packs.held:
+            click.echo(f"held     {held.policy_version} ({held.sha256[:12]}) for pinned requests",
+                       err=True)
+    except PolicyError as exc:
+        click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)
+                   + "\nevery /check will fail closed (DENY) until the pack is fixed", err=True)
+    with open_store(db, create=True) as store:
+        click.echo(f"store    {redact_url(store.url)}", err=True)
+        secret = bootstrap(store)
+        ensure_signing_key(store)
+    if secret is not None:
+        click.echo(
+            "\n"
+            + click.style("Created tenant `default` with an admin key (shown once):", bold=True)
+            + f"\n\n    {secret}\n\n"
+            f"Try it:\n    curl -s http://{host}:{port}/check -H 'x-api-key: {secret}' "
+            "-H 'content-type: application/json' \\\n"
+            "      -d '{\"goal\": \"Refund order 1042\", \"tools\": [\"payments.refund\"], "
+            "\"side_effects\": [\"money movement\"], \"constraints\": [\"approval required\"]}'\n",
+            err=True,
+        )
+    os.environ[URL_ENV] = resolve_url(db)
+    if policy_path:
+        os.environ["STAGE0_POLICY"] = str(Path(policy_path).resolve())
+    if frozen_time:
+        os.environ["STAGE0_FROZEN_TIME"] = frozen_time
+    click.echo(f"serving  http://{host}:{port} ({workers} worker{'s' * (workers > 1)})", err=True)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stage0-metrics-")
+    try:
+        code = workers_.serve("stage0.server.app:create_app_from_env", sockets=sockets,
+                              workers=workers, access_log=access_log, log_level="info")
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    if code:
+        sys.exit(code)
