@@ -1,4 +1,5 @@
-"""The docs name every issue code, CLI command and option, pack setting and constraint key."""
+"""The docs name every issue code, CLI command and option, pack setting and constraint key;
+every relative link in README.md and docs/ resolves."""
 
 from __future__ import annotations
 
@@ -140,3 +141,63 @@ def test_example_scripts_compile_and_integrations_are_documented() -> None:
     for heading in ("## MCP gateway", "## OpenAI Agents SDK", "## LangGraph",
                     "STAGE0_API_BASE", "STAGE0_API_KEY"):
         assert heading in text
+
+
+# -- links ---------------------------------------------------------------------------------------
+
+ROOT = DOCS.parent
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+_FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1[ \t]*$", re.M | re.S)
+_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s.*)?$", re.M)
+
+
+def _prose(path: Path) -> str:
+    """The page without its fenced code blocks and code spans (links there are not links)."""
+    return re.sub(r"`[^`\n]*`", "", _FENCE.sub("", path.read_text("utf-8")))
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text, lower case, without punctuation, spaces to
+    hyphens (code spans and links keep their text)."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    text = _FENCE.sub("", path.read_text("utf-8"))
+    for m in re.finditer(r"^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", text, re.M):
+        slug = github_slug(m[1])
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        found.add(slug if n == 0 else f"{slug}-{n}")  # GitHub numbers repeated headings
+    return found
+
+
+def relative_links(path: Path) -> list[str]:
+    text = _prose(path)
+    targets = [m[1] for m in _LINK.finditer(text)] + [m[1] for m in _REFERENCE.finditer(text)]
+    return [t for t in targets if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:|//", t)]
+
+
+def test_the_link_checker_sees_links_and_slugs_headings_like_github() -> None:
+    assert len([link for page in PAGES for link in relative_links(page)]) > 50
+    assert github_slug("`stage0 mcp-proxy`") == "stage0-mcp-proxy"
+    assert github_slug("Several versions at once") == "several-versions-at-once"
+    assert github_slug("`stage0 check FILE|-`") == "stage0-check-file-"
+    assert github_slug("Rows: `decisions` [log](x.md)") == "rows-decisions-log"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for link in relative_links(page):
+        target, _, fragment = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        if not path.exists():
+            broken.append(f"{link}: no such file")
+        elif fragment and path.suffix == ".md" and fragment not in anchors(path):
+            broken.append(f"{link}: no heading `#{fragment}` in {path.relative_to(ROOT)}")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
