@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from stage0.cli.main import cli
-from stage0.policy import load_policy
+from stage0.contract import CODES
+from stage0.lifecycle.suites import SuiteError, load_suite, parse_suite, run_suites
+from stage0.policy import PolicyError, compile_text, load_policy
+from stage0.policy.lint.codes import LINT_CODES, Located
 from stage0.policy.loader import default_pack_text
-from stage0.policy.suites import SuiteError, load_suite, parse_suite, run_suites
-from stage0.policy.validate import PROBLEM_CODES, Problem, validate_default, validate_text
+from stage0.policy.validate import validate_default, validate_text
 from tests.conftest import REPO, examples_dir
 
 SAMPLE_PACK = REPO / "examples" / "sample-pack.yaml"
@@ -89,8 +92,12 @@ CASES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def _problems(text: str) -> list[Problem]:
-    return validate_text(text, source="pack.yaml").problems
+def _problems(text: str) -> list[Located]:
+    return validate_text(text, source="pack.yaml").issues
+
+
+def _where(found: Located) -> str:
+    return f"{found.location.line}:{found.location.column}"
 
 
 def _invoke(*args: str) -> Result:
@@ -98,7 +105,19 @@ def _invoke(*args: str) -> Result:
 
 
 def test_every_problem_code_has_a_case() -> None:
-    assert set(CASES) | {"PACK_UNREADABLE"} == set(PROBLEM_CODES)
+    assert set(CASES) | {"PACK_UNREADABLE"} == set(LINT_CODES)
+
+
+def test_lint_codes_are_issue_codes_of_their_own() -> None:
+    assert not set(LINT_CODES) & set(CODES)
+    for code, spec in LINT_CODES.items():
+        assert spec.code == code
+        assert spec.message
+        assert spec.remediation
+        if spec.severity == "HIGH":  # an error: the pack cannot be loaded
+            assert (spec.effect, spec.pro_effect) == ("DENY", "DENY"), code
+        else:  # a warning: an advisory, which --strict (lint's `pro`) makes fail
+            assert (spec.severity, spec.effect, spec.pro_effect) == ("MEDIUM", "NONE", "DENY")
 
 
 @pytest.mark.parametrize("code", sorted(CASES))
@@ -106,17 +125,70 @@ def test_each_problem_is_caught_with_its_position(code: str) -> None:
     text, where = CASES[code]
     found = [p for p in _problems(text) if p.code == code]
     assert found, (code, [p.format() for p in _problems(text)])
-    problem = found[0]
-    assert problem.severity == PROBLEM_CODES[code][0]
+    first = found[0]
+    spec = LINT_CODES[code]
+    assert (first.issue.severity, first.issue.effect) == (spec.severity, spec.effect)
+    assert first.issue.remediation
+    assert first.location.file == "pack.yaml"
     if where is not None:
-        assert f"{problem.line}:{problem.column}" == where, problem.format()
-    assert problem.format().startswith(f"pack.yaml:{problem.line}:{problem.column}: {code} ")
+        assert _where(first) == where, first.format()
+    assert first.format().startswith(f"pack.yaml:{_where(first)}: {code} ")
+
+
+def test_findings_carry_their_yaml_path() -> None:
+    (cel,) = _problems(_rule(condition="contxt.tenant_id == tenant"))
+    assert cel.location.path == ("rules", 0, "condition")
+    (key,) = _problems(BASE + "timezon: UTC\n")
+    assert key.location.path == ("timezon",)
+    assert key.to_dict() == {
+        "code": "PACK_UNKNOWN_KEY", "severity": "HIGH", "effect": "DENY",
+        "message": "unknown key `timezon` in the pack",
+        "remediation": "did you mean `timezone`?",
+        "location": {"file": "pack.yaml", "line": 9, "column": 1, "path": ["timezon"]},
+    }
+
+
+def test_the_loaders_problems_are_coded_issues_with_their_path() -> None:
+    text = _rule(code="APPROVAL_REQUIRED_PENDING") + "timezone: Mars/Base\n"
+    with pytest.raises(PolicyError) as info:
+        compile_text(text, source="pack.yaml")
+    found = {(f.code, f.location.path) for f in info.value.issues}
+    assert found == {("PACK_BUILTIN_CODE", ("rules", 0, "code")),
+                     ("PACK_BAD_TIMEZONE", ("timezone",))}
+    assert len(info.value.issues) == len(info.value.problems)
+    with pytest.raises(PolicyError) as info:
+        compile_text("extends: stage0-policy-pack\nname: a\nversion: 1.0.0\n"
+                     "break_glass: {roles: [sre]}\n")
+    (loosening,) = info.value.issues
+    assert (loosening.code, loosening.location.path) == ("PACK_LOOSENS_BASE",
+                                                         ("break_glass", "roles"))
+    assert info.value.problems == [
+        "extends: break_glass.roles: cannot grow (name the base's roles or fewer)"]
+
+
+def test_a_rule_written_with_id_and_when_is_located_at_those_keys() -> None:
+    text = BASE + ('rules:\n  - id: APPROVAL_REQUIRED_PENDING\n    when: "goal + 1"\n'
+                   "    message: m\n    remediation: r\n")
+    found = {(f.code, f.location.path, _where(f)) for f in _problems(text)}
+    assert found == {("PACK_BUILTIN_CODE", ("rules", 0, "id"), "10:9"),
+                     ("PACK_BAD_CEL", ("rules", 0, "when"), "11:17")}
+
+
+def test_strict_gives_warnings_effect_deny() -> None:
+    text = _rule(effect="NONE")
+    (lax,) = validate_text(text).issues
+    (strict,) = validate_text(text, strict=True).issues
+    assert (lax.issue.effect, strict.issue.effect) == ("NONE", "DENY")
+    assert lax.is_warning
+    assert strict.is_warning
+    assert validate_text(text).ok
+    assert not validate_text(text, strict=True).ok
 
 
 def test_bad_yaml_points_at_the_syntax_error() -> None:
     (problem,) = _problems("apiVersion: stage0/v1\nname: [tiny\n")
     assert problem.code == "PACK_BAD_YAML"
-    assert problem.line == 3
+    assert problem.location.line == 3
 
 
 def test_one_run_reports_every_problem_even_after_a_schema_error() -> None:
@@ -128,19 +200,19 @@ def test_one_run_reports_every_problem_even_after_a_schema_error() -> None:
 def test_hints_say_did_you_mean() -> None:
     (key,) = _problems(BASE.replace("risk_weight: 40", "risk_weight: 40, tols: [a]"))
     assert key.code == "PACK_UNKNOWN_KEY"
-    assert key.hint == "did you mean `tools`?"
+    assert key.issue.remediation == "did you mean `tools`?"
     (day,) = _problems(BASE + "change_windows:\n" + _window("w", "[mon, tues]", "09:00", "17:00"))
-    assert (day.code, day.hint) == ("PACK_BAD_VALUE", "did you mean `tue`?")
+    assert (day.code, day.issue.remediation) == ("PACK_BAD_VALUE", "did you mean `tue`?")
     (zone,) = _problems(BASE + "timezone: Europe/Berln\n")
-    assert zone.hint == "did you mean `Europe/Berlin`?"
+    assert zone.issue.remediation == "did you mean `Europe/Berlin`?"
     (cel,) = _problems(_rule(condition="contxt.tenant_id == tenant"))
-    assert cel.hint == "did you mean `context`?"
-    assert "\n" not in cel.message
+    assert cel.issue.remediation == "did you mean `context`?"
+    assert "\n" not in cel.issue.message
 
 
 def test_cel_error_of_the_loader_is_reported_once() -> None:
     text = default_pack_text().replace("t != tenant", "t != tenantx")
-    problems = validate_text(text).problems
+    problems = validate_text(text).issues
     assert [p.code for p in problems] == ["PACK_BAD_CEL"]
 
 
@@ -151,13 +223,14 @@ def test_shadow_and_advisory_rules_are_not_flagged() -> None:
 
 def test_a_rule_named_like_a_block_with_effect_none_is_a_warning() -> None:
     (problem,) = _problems(_rule(code="BLOCK_WIRES", effect="NONE", severity="MEDIUM"))
-    assert (problem.code, problem.severity) == ("PACK_RULE_NOT_ENFORCED", "warning")
+    assert (problem.code, problem.is_warning) == ("PACK_RULE_NOT_ENFORCED", True)
+    assert (problem.issue.severity, problem.issue.effect) == ("MEDIUM", "NONE")
 
 
 def test_a_weaker_pro_effect_is_loosening() -> None:
     (problem,) = _problems(_rule(effect="DEFER", extra="    pro_effect: NONE\n"))
     assert problem.code == "PACK_LOOSENING_RULE"
-    assert problem.line == 16
+    assert problem.location.line == 16
 
 
 def test_windows_past_midnight_and_in_other_zones_do_not_overlap() -> None:
@@ -172,7 +245,7 @@ def test_windows_past_midnight_and_in_other_zones_do_not_overlap() -> None:
 
 
 def test_default_and_sample_packs_are_clean() -> None:
-    assert validate_default().problems == []
+    assert validate_default().issues == []
     result = _invoke("policy", "validate", str(SAMPLE_PACK))
     assert result.exit_code == 0, result.output
     assert "valid (0 errors, 0 warnings)" in result.output
@@ -188,6 +261,27 @@ def test_validate_prints_one_line_per_problem_and_exits_1(tmp_path: Path) -> Non
            "(did you mean `timezone`?)"
     assert line in result.output.splitlines()
     assert "invalid (1 error, 0 warnings)" in result.output
+
+
+def test_validate_json_lists_each_issue_with_its_location(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(BASE, "utf-8")
+    (tmp_path / "bad.yaml").write_text(_rule(effect="NONE") + "timezon: UTC\n", "utf-8")
+    result = _invoke("policy", "validate", "--format", "json", str(tmp_path))
+    assert result.exit_code == 1
+    out = json.loads(result.output)
+    assert (out["valid"], out["errors"], out["warnings"]) == (False, 1, 1)
+    bad, good = out["packs"]
+    assert good == {"source": str(tmp_path / "good.yaml"), "valid": True, "errors": 0,
+                    "warnings": 0, "issues": []}
+    assert [(i["code"], i["severity"], i["effect"], i["location"]["line"])
+            for i in bad["issues"]] == [("PACK_RULE_NOT_ENFORCED", "MEDIUM", "NONE", 13),
+                                        ("PACK_UNKNOWN_KEY", "HIGH", "DENY", 16)]
+    assert bad["issues"][1]["location"] == {"file": str(tmp_path / "bad.yaml"), "line": 16,
+                                            "column": 1, "path": ["timezon"]}
+    strict = json.loads(_invoke("policy", "validate", "--format", "json", "--strict",
+                                str(tmp_path / "bad.yaml")).output)
+    assert strict["packs"][0]["issues"][0]["effect"] == "DENY"
+    assert _invoke("policy", "validate", "--format", "json", str(SAMPLE_PACK)).exit_code == 0
 
 
 def test_warnings_alone_exit_0_unless_strict(tmp_path: Path) -> None:
@@ -214,11 +308,20 @@ def test_validate_a_directory_and_unreadable_input(tmp_path: Path) -> None:
     assert _invoke("policy", "validate", str(tmp_path / "empty_dir_missing")).exit_code == 2
 
 
-def test_every_problem_code_is_documented() -> None:
+def test_every_lint_code_is_documented_with_its_severity_and_effect() -> None:
     text = (REPO / "docs" / "policy.md").read_text("utf-8")
     section = text.split("## Validating and testing packs", 1)[1].split("\n## ", 1)[0]
-    for code in PROBLEM_CODES:
-        assert f"| `{code}` |" in section, code
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and re.fullmatch(r"`PACK_[A-Z_]+`", cells[0]):
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(LINT_CODES)
+    for code, spec in LINT_CODES.items():
+        _, kind, severity, effect, meaning = rows[code][:5]
+        assert (kind, severity, effect) == (
+            "warning" if spec.severity != "HIGH" else "error", spec.severity, spec.effect), code
+        assert meaning, code
 
 
 # -- stage0 policy test ---------------------------------------------------------------------------

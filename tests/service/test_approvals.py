@@ -404,7 +404,8 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
     from stage0.contract import parse_request  # noqa: PLC0415
     from stage0.contract.request import parse_instant  # noqa: PLC0415
     from stage0.policy import load_policy  # noqa: PLC0415
-    from stage0.server.pipeline import PREFETCH_FROM, Job, Pipeline  # noqa: PLC0415
+    from stage0.server.jobs import Job  # noqa: PLC0415
+    from stage0.server.pipeline import PREFETCH_FROM, Pipeline  # noqa: PLC0415
     from stage0.store.signing import ensure_signing_key  # noqa: PLC0415
 
     ensure_signing_key(store)

@@ -9,9 +9,9 @@ import orjson
 import yaml
 from click.testing import CliRunner
 
+from stage0.lifecycle.replay import replay, shadow_report
 from stage0.policy import compile_document, load_policy
 from stage0.policy.loader import default_pack_text
-from stage0.store.replay import replay, shadow_report
 from tests.conftest import EXAMPLES
 from tests.helpers import request
 from tests.service.conftest import running_app

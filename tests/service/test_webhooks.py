@@ -131,6 +131,7 @@ def test_expired_requests_are_swept_logged_and_announced(
 
 def test_webhook_cli(db_url: str) -> None:
     runner = CliRunner()
+    assert runner.invoke(cli, ["migrate", "--db", db_url]).exit_code == 0
     added = runner.invoke(cli, ["webhooks", "add", "--db", db_url, "--tenant", "default",
                                 "--url", "https://chat.example/hook"])
     assert added.exit_code == 0, added.output

@@ -71,7 +71,8 @@ def _decide(db: str | None, api_key: str | None, op: str, payload: dict[str, Any
     import uuid  # noqa: PLC0415
 
     from stage0.engine import system_clock  # noqa: PLC0415
-    from stage0.server.pipeline import Job, Pipeline  # noqa: PLC0415
+    from stage0.server.jobs import Job  # noqa: PLC0415
+    from stage0.server.pipeline import Pipeline  # noqa: PLC0415
 
     if not api_key:
         raise click.UsageError("--key (or STAGE0_API_KEY) is required: approvers act as the "

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import click
+import orjson
 
+from stage0.lifecycle.suites import CaseResult, SuiteError, load_suite, run_cases
 from stage0.policy import PolicyError, load_policy
-from stage0.policy.suites import CaseResult, SuiteError, load_suite, run_cases
-from stage0.policy.validate import Problem, Report, validate_default, validate_path
+from stage0.policy.lint.codes import Located
+from stage0.policy.validate import Report, validate_default, validate_path
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,45 +25,51 @@ _PACK_SUFFIXES = (".yaml", ".yml")
 @click.command("validate")
 @click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors (exit 1 on any problem).")
-def policy_validate(path: Path | None, strict: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="One line per issue, or one JSON document.")
+def policy_validate(path: Path | None, strict: bool, fmt: str) -> None:
     """Check a policy pack (PATH, or every *.yaml in a directory; default: the built-in pack).
 
-    Prints one line per problem, `file:line:column: CODE message (hint)`.
+    Prints one line per issue, `file:line:column: CODE message (remediation)`, or with
+    `--format json` the issues with their location.
     Exit status: 0 valid (warnings allowed), 1 any error, 2 unreadable PATH or usage.
     """
     if path is None:
-        reports = [validate_default()]
+        reports = [validate_default(strict=strict)]
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in _PACK_SUFFIXES and p.is_file())
         if not files:
             click.echo(click.style("error: ", fg="red", bold=True)
                        + f"no *.yaml pack in directory {path}", err=True)
             sys.exit(EXIT_USAGE)
-        reports = [validate_path(p) for p in files]
+        reports = [validate_path(p, strict=strict) for p in files]
     else:
-        reports = [validate_path(path)]
+        reports = [validate_path(path, strict=strict)]
 
-    unreadable = False
-    for report in reports:
-        for problem in report.problems:
-            click.echo(_problem_line(problem))
-            unreadable = unreadable or problem.code == "PACK_UNREADABLE"
     errors = sum(len(r.errors) for r in reports)
     warnings = sum(len(r.warnings) for r in reports)
-    failed = errors > 0 or (strict and warnings > 0)
-    click.echo(_validate_summary(reports, errors, warnings, failed))
-    if unreadable:
+    failed = not all(r.ok for r in reports)
+    if fmt == "json":
+        click.echo(orjson.dumps({"valid": not failed, "errors": errors, "warnings": warnings,
+                                 "packs": [r.to_dict() for r in reports]},
+                                option=orjson.OPT_INDENT_2))
+    else:
+        for report in reports:
+            for found in report.issues:
+                click.echo(_issue_line(found))
+        click.echo(_validate_summary(reports, errors, warnings, failed))
+    if any(f.code == "PACK_UNREADABLE" for r in reports for f in r.issues):
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-def _problem_line(problem: Problem) -> str:
-    colour = "red" if problem.severity == "error" else "yellow"
-    label = "warning: " if problem.severity == "warning" else ""
-    hint = click.style(f" ({problem.hint})", dim=True) if problem.hint else ""
+def _issue_line(found: Located) -> str:
+    issue = found.issue
+    label = "warning: " if found.is_warning else ""
     return (
-        f"{click.style(problem.where, bold=True)}: {click.style(problem.code, fg=colour)} "
-        f"{label}{problem.message}{hint}"
+        f"{click.style(str(found.location), bold=True)}: "
+        f"{click.style(issue.code, fg='yellow' if found.is_warning else 'red')} "
+        f"{label}{issue.message}" + click.style(f" ({issue.remediation})", dim=True)
     )
 
 
@@ -89,7 +97,7 @@ def policy_test(suites: tuple[Path, ...], policy_path: Path | None) -> None:
         click.echo(click.style("policy error: ", fg="red", bold=True)
                    + f"{exc.source} does not load", err=True)
         pack = validate_path(policy_path) if policy_path is not None else None
-        lines = [_problem_line(p) for p in pack.errors] if pack is not None else []
+        lines = [_issue_line(f) for f in pack.errors] if pack is not None else []
         for line in lines or [f"  {p}" for p in exc.problems]:
             click.echo(line, err=True)
         sys.exit(EXIT_USAGE)

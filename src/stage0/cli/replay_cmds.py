@@ -30,7 +30,7 @@ def policy_replay(db: str | None, candidate_path: str, tenant: str | None, since
     """Re-evaluate recorded decisions under a candidate pack; show what would flip."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    from stage0.store.replay import LOOSER, count_decisions, replay  # noqa: PLC0415
+    from stage0.lifecycle.replay import LOOSER, count_decisions, replay  # noqa: PLC0415
 
     try:
         candidate = load_policy(candidate_path)
@@ -72,7 +72,7 @@ def policy_replay(db: str | None, candidate_path: str, tenant: str | None, since
 def policy_shadow_report(db: str | None, tenant: str | None, since: str | None,
                          until: str | None, fmt: str) -> None:
     """Summarise the hits of shadow rules and the verdicts they would have changed."""
-    from stage0.store.replay import shadow_report  # noqa: PLC0415
+    from stage0.lifecycle.replay import shadow_report  # noqa: PLC0415
 
     with open_store(db) as store:
         report = shadow_report(store, tenant=tenant, since=option_instant(since, "--since"),

@@ -1,11 +1,15 @@
 """Vendored browser assets: pinned in ``assets.lock.json``, fetched from the npm registry at
 build time (``make assets``), never from a CDN at run time.
 
-``python -m stage0.console.assets`` downloads each locked package with ``npm pack`` (the npm
+``python -m stage0.console.assets`` downloads each locked package once with ``npm pack`` (the npm
 client and its configured registry), checks the tarball against the lock's ``integrity``
-(Subresource-Integrity form, as the registry publishes it), and copies the locked file into
-``static/``. ``--check`` (and the tests) verify that the committed files still match the lock's
-``sha256`` without any network.
+(Subresource-Integrity form, as the registry publishes it), and copies each locked file of it
+into ``static/`` (a ``target`` may name a sub-folder: ``swagger-ui/swagger-ui.css``).
+``--check`` (and the tests) verify that the committed files still match the lock's ``sha256``
+without any network.
+
+Locked: htmx (the console) and swagger-ui-dist (the API's ``/docs`` page, served from
+``/docs/static``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,30 +69,50 @@ def check(static: Path = STATIC, lock: Path = LOCK) -> list[str]:
     return problems
 
 
-def vendor(asset: LockedAsset, static: Path = STATIC) -> None:
-    """Fetch ``asset``'s tarball with ``npm pack``, verify it, copy the locked file."""
+def vendor(assets: Sequence[LockedAsset], static: Path = STATIC) -> None:
+    """Fetch the one package of ``assets`` with ``npm pack``, verify the tarball, and copy
+    each locked file of it (all or nothing: every file is checked before any is written)."""
+    packages = {(a.package, a.version, a.integrity) for a in assets}
+    if len(packages) != 1:
+        raise SystemExit(f"vendor() takes the files of one package; got {sorted(packages)}")
+    ((package, version, integrity),) = packages
+    files: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["npm", "pack", "--silent", f"{asset.package}@{asset.version}"],
+        subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"],
                        cwd=tmp, check=True, stdout=subprocess.DEVNULL)
         tarball = next(Path(tmp).glob("*.tgz"))
-        if not sri_matches(tarball.read_bytes(), asset.integrity):
+        if not sri_matches(tarball.read_bytes(), integrity):
             raise SystemExit(f"{tarball.name}: integrity does not match assets.lock.json")
         with tarfile.open(tarball) as archive:
-            member = archive.extractfile(asset.source)
-            if member is None:
-                raise SystemExit(f"{asset.source} is not a file in {tarball.name}")
-            data = member.read()
-    if hashlib.sha256(data).hexdigest() != asset.sha256:
-        raise SystemExit(f"{asset.source}: sha256 does not match assets.lock.json")
-    (static / asset.target).write_bytes(data)
+            for asset in assets:
+                member = archive.extractfile(asset.source)
+                if member is None:
+                    raise SystemExit(f"{asset.source} is not a file in {tarball.name}")
+                data = member.read()
+                if hashlib.sha256(data).hexdigest() != asset.sha256:
+                    raise SystemExit(f"{asset.source}: sha256 does not match assets.lock.json")
+                files[asset.target] = data
+    for target, data in files.items():
+        path = static / target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def by_package(assets: Sequence[LockedAsset]) -> list[list[LockedAsset]]:
+    """The locked files grouped by package and version, in lock order (one ``npm pack`` each)."""
+    groups: dict[tuple[str, str], list[LockedAsset]] = {}
+    for asset in assets:
+        groups.setdefault((asset.package, asset.version), []).append(asset)
+    return list(groups.values())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["--check"]:
-        for asset in load_lock():
-            vendor(asset)
-            print(f"vendored {asset.package}@{asset.version} -> static/{asset.target}")
+        for group in by_package(load_lock()):
+            vendor(group)
+            for asset in group:
+                print(f"vendored {asset.package}@{asset.version} -> static/{asset.target}")
     problems = check()
     for problem in problems:
         print(problem, file=sys.stderr)

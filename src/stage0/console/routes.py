@@ -33,12 +33,13 @@ from stage0.console.sessions import (
     open_session,
 )
 from stage0.contract.request import parse_instant
+from stage0.lifecycle.replay import shadow_report
 from stage0.policy import CompiledPolicy, normalize_name
-from stage0.server.pipeline import Job
+from stage0.server import metrics
+from stage0.server.jobs import Job
 from stage0.store import approvals as approvals_store
 from stage0.store import ledger
 from stage0.store.keys import lookup_key
-from stage0.store.replay import shadow_report
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "stage0_session"
@@ -79,8 +80,9 @@ REFUSALS = {
 }
 
 
-class _WithHeaders:
-    """Adds the security headers to the responses of a mounted ASGI app (the static files)."""
+class StaticHeaders:
+    """Adds the security headers to the responses of a mounted ASGI app (the static files of
+    the console and of the API's ``/docs`` page)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -102,7 +104,7 @@ def mount_console(app: FastAPI, state: dict[str, Any],
     """Serve the console from ``app`` at ``/console``; ``state`` is the app's (store, policy,
     clock and pipeline are read from it per request)."""
     app.include_router(build_router(state, settings or ConsoleSettings.from_env()))
-    app.mount("/console/static", _WithHeaders(StaticFiles(directory=STATIC)),
+    app.mount("/console/static", StaticHeaders(StaticFiles(directory=STATIC)),
               name="console-static")
 
 
@@ -295,6 +297,8 @@ def build_router(state: dict[str, Any], settings: ConsoleSettings) -> APIRouter:
                 error = REFUSALS.get(str(body.get("code")), str(body.get("detail")))
                 if body.get("code") == "APPROVER_MFA_LOCKED":
                     error += f" Try again in {body.get('retry_after_seconds')} s."
+        if status in metrics.REFUSAL_STATUSES:  # as the API's refusals (docs/http.md)
+            metrics.count_refusal(status, request.scope["route"].path)
         now = now_us()
         found = await run_in_threadpool(approvals_store.get_approval, state["store"],
                                         session.key.tenant_id, approval_id, now)

@@ -15,6 +15,7 @@ process, ``context.tenant_id`` or ``default``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +39,32 @@ VARIABLES = {
     "tenant": _T.STRING,
 }
 _ENV = cel.NewEnv(variables=VARIABLES)
+# The binding reports compile errors as text only: ``<input>:LINE:COLUMN: what``, one per error.
+_POSITION = re.compile(r"<input>:(\d+):(\d+): ([^\n]*)")
+_UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
 
 
 class CelRuleError(ValueError):
-    """A custom rule's condition does not compile or does not return a bool."""
+    """A custom rule's condition does not compile or does not return a bool.
+
+    ``str()`` is ``rule `CODE`: <the binding's full message>``. The binding gives no structured
+    error, so its text is read here, once: ``line`` and ``column`` (1-based, within the
+    condition) and ``summary`` (one line) describe the first error, and ``undeclared`` names the
+    first undeclared variable, if any.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"rule `{code}`: {detail}")
+        self.code = code
+        self.detail = detail
+        match = _POSITION.search(detail)
+        self.line = int(match.group(1)) if match else None
+        self.column = int(match.group(2)) if match else None
+        self.summary = (
+            match.group(3).replace(" (in container '')", "") if match else " ".join(detail.split())
+        )
+        undeclared = _UNDECLARED.search(detail)
+        self.undeclared = undeclared.group(1) if undeclared else None
 
 
 class CelEvaluationError(RuntimeError):
@@ -90,10 +113,10 @@ def compile_rule(
     try:
         expr = _ENV.compile(condition)
     except RuntimeError as exc:
-        raise CelRuleError(f"rule `{code}`: {exc}") from None
+        raise CelRuleError(code, str(exc)) from None
     rtype = expr.return_type()
     if rtype not in (_T.BOOL, _T.DYN):
-        raise CelRuleError(f"rule `{code}`: the condition returns {rtype.name()}, not bool")
+        raise CelRuleError(code, f"the condition returns {rtype.name()}, not bool")
     kind = {"DENY": Kind.VIOLATION, "DEFER": Kind.EVIDENCE}.get(effect, Kind.ADVISORY)
     spec = CodeSpec(
         code=code,

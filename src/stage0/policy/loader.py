@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import date, datetime, time
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from stage0.policy.compiled import (
     index_effect_buckets,
 )
 from stage0.policy.extends import BUILTIN, resolve
+from stage0.policy.lint.codes import Located, Location, YamlPath, dotted, lint_issue, schema_code
 from stage0.policy.matching import GlobMatcher, normalize_name
 from stage0.policy.schema import ApprovalRules, PackDocument, parse_duration
 from stage0.policy.windows import DAY_INDEX, CompiledWindow
@@ -34,12 +36,43 @@ DEFAULT_PACK = "stage0-policy-pack.yaml"
 
 
 class PolicyError(ValueError):
-    """The pack cannot be loaded; ``problems`` names each one (``buckets.x.tools: ...``)."""
+    """The pack cannot be loaded; ``problems`` names each one (``buckets.x.tools: ...``).
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    ``issues`` has the same problems as coded lint issues located by their YAML path (the loader
+    knows no line or column; ``stage0 policy validate`` adds them). It is empty for the errors
+    of a pack set (:mod:`stage0.policy.packset`), which are not about one document.
+    """
+
+    def __init__(self, source: str, problems: list[str],
+                 issues: Sequence[Located] = ()) -> None:
         self.source = source
         self.problems = problems
+        self.issues = tuple(issues)
         super().__init__(f"policy pack {source} is invalid: " + "; ".join(problems))
+
+
+class _Problems:
+    """The problems of one document, as text and as coded issues."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.texts: list[str] = []
+        self.issues: list[Located] = []
+
+    def add(self, code: str, path: YamlPath, message: str, *, text: str | None = None) -> None:
+        """``text``: the problem's whole wording in :attr:`PolicyError.problems`, if not
+        ``path: message``."""
+        self.texts.append(text if text is not None else f"{dotted(path) or '(pack)'}: {message}")
+        self.issues.append(Located(lint_issue(code, message), Location(self.source, path=path)))
+
+    def error(self) -> PolicyError:
+        return PolicyError(self.source, self.texts, self.issues)
+
+
+def _fail(source: str, code: str, message: str, path: YamlPath = ()) -> PolicyError:
+    """A one-problem error; ``message`` is also its text (with no path prefix)."""
+    return PolicyError(source, [message],
+                       [Located(lint_issue(code, message), Location(source, path=path))])
 
 
 def default_pack_text() -> str:
@@ -54,7 +87,8 @@ def load_policy(path: str | Path | None = None) -> CompiledPolicy:
     try:
         text = p.read_text("utf-8")
     except OSError as exc:
-        raise PolicyError(str(p), [f"cannot read the file: {exc.strerror or exc}"]) from None
+        raise _fail(str(p), "PACK_UNREADABLE",
+                    f"cannot read the file: {exc.strerror or exc}") from None
     return compile_text(text, source=str(p))
 
 
@@ -62,39 +96,43 @@ def compile_text(text: str, *, source: str = "<text>") -> CompiledPolicy:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(source, [f"not valid YAML: {exc}"]) from None
+        raise _fail(source, "PACK_BAD_YAML", f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise PolicyError(source, ["the pack must be a YAML mapping"])
+        raise _fail(source, "PACK_BAD_YAML", "the pack must be a YAML mapping")
     if "extends" in raw:
         if raw["extends"] != BUILTIN:
-            raise PolicyError(source, [f"extends: only `{BUILTIN}` (the built-in pack) can be "
-                                       f"extended, not `{raw['extends']}`"])
-        raw, problems = resolve(raw, default_pack_text())
-        if problems:
-            raise PolicyError(source, problems)
+            raise _fail(source, "PACK_BAD_EXTENDS", f"extends: only `{BUILTIN}` (the built-in "
+                        f"pack) can be extended, not `{raw['extends']}`", ("extends",))
+        raw, loosenings = resolve(raw, default_pack_text())
+        if loosenings:
+            found = _Problems(source)
+            for loosening in loosenings:
+                found.add("PACK_LOOSENS_BASE", loosening.path, loosening.message,
+                          text=f"extends: {loosening}")
+            raise found.error()
     return compile_document(raw, source=source)
 
 
 def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> CompiledPolicy:
+    problems = _Problems(source)
     try:
         doc = PackDocument.model_validate(raw)
     except ValidationError as exc:
-        invalid = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(pack)'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise PolicyError(source, invalid) from None
-    problems: list[str] = []
+        for e in exc.errors(include_url=False):
+            problems.add(schema_code(e["type"]), tuple(e["loc"]), e["msg"])
+        raise problems.error() from None
     try:
         sha = hashlib.sha256(rfc8785.dumps(_json_form(raw))).hexdigest()
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-        raise PolicyError(source, [f"the pack is not representable as JSON: {exc}"]) from None
+        raise _fail(source, "PACK_INVALID",
+                    f"the pack is not representable as JSON: {exc}") from None
 
-    zone = _zone(doc.timezone, "timezone", problems)
+    zone = _zone(doc.timezone, ("timezone",), problems)
     windows: dict[str, CompiledWindow] = {}
     for name, w in doc.change_windows.items():
         wzone = (
-            _zone(w.timezone, f"change_windows.{name}.timezone", problems) if w.timezone else zone
+            _zone(w.timezone, ("change_windows", name, "timezone"), problems) if w.timezone
+            else zone
         )
         windows[normalize_name(name)] = CompiledWindow(
             name=normalize_name(name),
@@ -108,7 +146,8 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
     aliases: dict[str, tuple[str, str | None]] = {k: (k, None) for k in CONSTRAINT_KEYS}
     for key, names in doc.constraint_aliases.items():
         if key not in CONSTRAINT_KEYS:
-            problems.append(f"constraint_aliases.{key}: `{key}` is not a constraint key")
+            problems.add("PACK_UNKNOWN_CONSTRAINT", ("constraint_aliases", key),
+                         f"`{key}` is not a constraint key")
             continue
         for alias in names:
             name, _, implied = alias.partition("=")
@@ -148,7 +187,8 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
     rules = []
     for i, r in enumerate(doc.rules):
         if r.code in CODES:
-            problems.append(f"rules.{i}.code: `{r.code}` is a built-in code; choose another")
+            problems.add("PACK_BUILTIN_CODE", _rule_path(raw, i, "code", "id"),
+                         f"`{r.code}` is a built-in code; choose another")
             continue
         try:
             rules.append(
@@ -169,9 +209,10 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
                 )
             )
         except CelRuleError as exc:
-            problems.append(f"rules.{i}.condition: {exc}")
-    if problems:
-        raise PolicyError(source, problems)
+            problems.add("PACK_BAD_CEL", _rule_path(raw, i, "condition", "when"),
+                         f"rule `{exc.code}`: {exc.summary}", text=f"rules.{i}.condition: {exc}")
+    if problems.issues:
+        raise problems.error()
 
     return CompiledPolicy(
         name=doc.name,
@@ -220,11 +261,18 @@ def _json_form(value: Any) -> Any:
     return value
 
 
-def _zone(name: str | None, where: str, problems: list[str]) -> ZoneInfo | None:
+def _zone(name: str | None, path: YamlPath, problems: _Problems) -> ZoneInfo | None:
     if name is None:
         return None
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        problems.append(f"{where}: `{name}` is not an IANA time zone")
+        problems.add("PACK_BAD_TIMEZONE", path, f"`{name}` is not an IANA time zone")
         return None
+
+
+def _rule_path(raw: dict[str, Any], index: int, field: str, alias: str) -> YamlPath:
+    """The YAML path of rule ``index``'s ``field``, under the key the document uses for it."""
+    rule = raw["rules"][index]
+    key = alias if alias in rule and field not in rule else field
+    return ("rules", index, key)

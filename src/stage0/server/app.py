@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,14 +18,18 @@ from typing import Annotated, Any
 import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from stage0 import __version__
 from stage0.console import mount_console
+from stage0.console.routes import STATIC as CONSOLE_STATIC
+from stage0.console.routes import StaticHeaders
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError, parse_request
 from stage0.contract.request import MAX_BODY_BYTES, parse_instant
 from stage0.engine import system_clock
@@ -30,7 +37,8 @@ from stage0.engine.evaluate import uuid4_id
 from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.policy.packset import PackSet, load_pack_set
 from stage0.server import metrics
-from stage0.server.pipeline import Job, Pipeline, error_body
+from stage0.server.jobs import Job, error_body
+from stage0.server.pipeline import Pipeline
 from stage0.server.reload import PolicyReloader
 from stage0.store import Store, ledger
 from stage0.store import approvals as approvals_store
@@ -108,6 +116,12 @@ def _request_id(header: str | None) -> tuple[str, bool]:
     return uuid4_id(), False
 
 
+def _route(request: Request) -> str:
+    """The template of the route that answered ``request`` (a bounded metrics label)."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", None) or "(unrouted)")
+
+
 def _secret(request: Request) -> str:
     return _secret_of(request.headers.get("x-api-key"), request.headers.get("authorization"))
 
@@ -177,6 +191,44 @@ async def _fast_check(handler: CheckHandler, scope: Scope, receive: Receive,
             (b"content-length", str(len(content)).encode()),
             (b"x-request-id", rid.encode("latin-1"))]})
         await send({"type": "http.response.body", "body": content})
+
+
+DOCS_STATIC = CONSOLE_STATIC / "swagger-ui"
+"""swagger-ui-dist, vendored from the npm registry against ``assets.lock.json``."""
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+_DOCS_HEADERS = {
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+def mount_api_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI with every asset served from ``/docs/static`` (no CDN), under
+    a CSP of 'self' plus the hash of the page's one inline script (its start-up call)."""
+    app.mount("/docs/static", StaticHeaders(StaticFiles(directory=DOCS_STATIC)),
+              name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        page = get_swagger_ui_html(
+            openapi_url=root + (app.openapi_url or "/openapi.json"),
+            title=f"{app.title} API {app.version}",
+            swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/console/static/favicon.svg",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )
+        body = bytes(page.body)
+        hashes = " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
+            for script in _INLINE_SCRIPT.findall(body))
+        csp = (f"default-src 'none'; script-src 'self' {hashes}; style-src 'self'; "
+               "img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
+        return HTMLResponse(body, headers={**_DOCS_HEADERS, "content-security-policy": csp})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -255,12 +307,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Pre-execution authorization for AI agents: ALLOW, DEFER or DENY",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN: ours below
+        redoc_url=None,
     )
     mount_console(app, state)  # the operator console at /console (docs/console.md)
+    mount_api_docs(app)
 
     # -- errors: one shape ------------------------------------------------------------------
 
     def _error(status: int, detail: str, request: Request, **extra: Any) -> JSONResponse:
+        if status in metrics.REFUSAL_STATUSES:
+            metrics.count_refusal(status, _route(request))
         rid = _request_id(request.headers.get("x-request-id"))[0]
         headers = {"x-request-id": rid}
         if "retry_after_seconds" in extra:
@@ -342,6 +399,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rid, client_rid = _request_id(header("x-request-id"))
         secret = _secret_of(header("x-api-key"), header("authorization"))
         if not secret:
+            metrics.count_refusal(401, "/check")
             return 401, orjson.dumps(error_body(401, "Invalid or missing API key", rid)), {
                 "x-request-id": rid}
         parsed: CheckRequest | None = None
@@ -366,6 +424,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _ = job.input_sha256
         outcome = await state["pipeline"].answer(job)
         metrics.LATENCY.observe(time.perf_counter() - started)
+        if outcome.status in metrics.REFUSAL_STATUSES:  # refusals only pay for the count
+            metrics.count_refusal(outcome.status, "/check")
         content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
         return outcome.status, content, outcome.headers
 
@@ -469,6 +529,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   request_id=rid, client_request_id=False, started=time.perf_counter(),
                   op=op, payload=payload)
         outcome = await state["pipeline"].answer(job)
+        if outcome.status in metrics.REFUSAL_STATUSES:
+            metrics.count_refusal(outcome.status, _route(request))
         content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
         return Response(content, outcome.status, headers=outcome.headers,
                         media_type="application/json")

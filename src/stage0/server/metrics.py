@@ -24,7 +24,14 @@ FAIL_CLOSED = Counter(
     "stage0_fail_closed_total", "Answers that failed closed (DENY with decision ERROR or 503)",
     ["reason"],
 )
-REFUSED = Counter("stage0_refused_total", "Requests refused by quota or plan", ["status"])
+REFUSED = Counter(
+    "stage0_refused_total",
+    "Requests refused before evaluation (key, plan, quota, scope, repeated request id, rate) "
+    "and refused approval, break-glass and token operations, by status and route template",
+    ["status", "route"],
+)
+REFUSAL_STATUSES = frozenset({401, 402, 403, 409, 429})
+"""The statuses ``stage0_refused_total`` counts (a 4xx that is neither an answer nor a 404)."""
 LATENCY = Histogram(
     "stage0_check_seconds", "Latency of /check, request received to answer ready",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
@@ -51,6 +58,17 @@ QUEUE_DEPTH = Gauge(
 
 
 _children: dict[tuple[str, str], Any] = {}
+_refusal_children: dict[tuple[int, str], Any] = {}
+
+
+def count_refusal(status: int, route: str) -> None:
+    """Count one refusal answered with ``status`` on ``route`` (its template, ``/check``,
+    ``/v1/approvals/{approval_id}/approve``: a bounded label set). Only refusals pay for it."""
+    child = _refusal_children.get((status, route))
+    if child is None:
+        child = _refusal_children[(status, route)] = REFUSED.labels(status=str(status),
+                                                                    route=route)
+    child.inc()
 
 
 def count_answer(verdict: str, buckets: list[str], *, fail_closed: bool = False) -> None:

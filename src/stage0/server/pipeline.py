@@ -31,17 +31,23 @@ from typing import Any
 
 import orjson
 
-from stage0.contract import CODES, CheckRequest, RequestValidationError, parse_request
+from stage0.contract import CheckRequest, RequestValidationError, parse_request
 from stage0.engine import Engine
-from stage0.engine.evaluate import Decision
 from stage0.policy import CompiledPolicy, normalize_name
 from stage0.policy.compiled import ApprovalRule, BreakGlassRule
 from stage0.server import metrics
+from stage0.server.jobs import (
+    EarlyDecision,
+    Job,
+    Outcome,
+    error_body,
+    fail_closed_body,
+    job_ident,
+)
 from stage0.store import ledger, webhooks
 from stage0.store.approvals import ApprovalStore, is_open
 from stage0.store.database import Store
 from stage0.store.keys import ApiKey, hash_key, normalize_principal
-from stage0.store.redact import redact
 from stage0.store.runstate import TransactionRunState
 from stage0.store.signing import Keyring, TokenError
 from stage0.store.usage import Counts, Windows, check_quota
@@ -118,13 +124,6 @@ class _Batch:
     """Earlier answers to the batch's client request ids, read ahead (``None``: none)."""
 
 
-@dataclass(slots=True)
-class Outcome:
-    status: int
-    body: dict[str, Any] | bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 class _NeedsState(Exception):
     """Raised by :class:`_StateProbe`: this decision needs the store's state."""
 
@@ -146,72 +145,11 @@ class _StateProbe:
         raise _NeedsState
 
 
-@dataclass(slots=True)
-class _Early:
-    """A decision made before the writer took the lock, for the tenant it expected."""
-
-    tenant: str
-    now: datetime
-    decision: Decision
-    eval_us: float
-    token: str | None = None
-
-
-@dataclass(slots=True)
-class Job:
-    secret: str
-    raw: bytes
-    request: CheckRequest | None
-    invalid: RequestValidationError | None
-    request_id: str
-    client_request_id: bool
-    started: float
-    op: str = "check"
-    """``check``, ``approve``, ``reject``, ``break_glass`` or ``consume``."""
-    payload: dict[str, Any] = field(default_factory=dict)
-    key_id: str | None = None
-    """An already-authenticated key (the console's signed-in session), looked up by id in
-    place of ``secret``; a revoked key still fails."""
-    future: Future[Outcome] = field(default_factory=Future)
-    key: ApiKey | None = None
-    parse_us: float = 0.0
-    secret_hash: str | None = None
-    digest: str | None = None
-    """The action digest, when worked out ahead of the transaction (for the prefetch)."""
-    early: _Early | None = None
-    """The decision made ahead of the transaction, when it needs no stored state."""
-
-    def logged_request(self) -> tuple[str, str]:
-        """What the log keeps of the body: its redacted JSON and the masked paths (JSON).
-        The HTTP handler computes it before queueing, outside the writer's lock."""
-        if self._logged is None:
-            try:
-                request_obj = orjson.loads(self.raw)
-            except orjson.JSONDecodeError:
-                request_obj = {"_unparsed": self.raw[:4096].decode("utf-8", "replace")}
-            redacted, masked = redact(request_obj)
-            self._logged = (orjson.dumps(redacted).decode(), orjson.dumps(masked).decode())
-        return self._logged
-
-    @property
-    def input_sha256(self) -> str:
-        """SHA-256 of the body as received (computed once per job)."""
-        if self._input_sha256 is None:
-            self._input_sha256 = hashlib.sha256(self.raw).hexdigest()
-        return self._input_sha256
-
-    _input_sha256: str | None = None
-    _logged: tuple[str, str] | None = None
-
-
-def _ident(job: Job) -> str:
-    """What identifies ``job``'s key within a batch: its secret, or the console's key id."""
-    return job.secret if job.key_id is None else "\0" + job.key_id
-
-
 def _refusal(status: int, code: str, detail: str, request_id: str, **extra: Any) -> Outcome:
     """A refused approval, break-glass or token operation: the error shape with its ``code``
-    (and ``retry-after`` when the refusal says when to try again)."""
+    (and ``retry-after`` when the refusal says when to try again). Refusals are counted in
+    ``stage0_refused_total`` where they are answered (the HTTP routes, the console), by
+    status and route."""
     return Outcome(status, error_body(status, detail, request_id, code=code, **extra),
                    {"retry-after": str(extra["retry_after_seconds"])}
                    if "retry_after_seconds" in extra else {})
@@ -222,19 +160,6 @@ def _is_requester(key: ApiKey, key_id: object, principal: object, actor: object)
     me = normalize_principal(key.principal or key.id)
     return key.id == key_id or me in {normalize_principal(str(principal) if principal else None),
                                       normalize_principal(str(actor) if actor else None)}
-
-
-def error_body(status: int, detail: str, request_id: str, **extra: Any) -> dict[str, Any]:
-    """The one error shape: ``{"detail", "request_id", ...}`` (CONTRACT section 8)."""
-    return {"detail": detail, "request_id": request_id, **extra}
-
-
-def fail_closed_body(request_id: str, detail: str, policy_version: str) -> dict[str, Any]:
-    issue = CODES["POLICY_EVALUATION_FAILED"].issue(detail)
-    return error_body(
-        503, detail, request_id, verdict="DENY", decision="ERROR",
-        issues=[issue.to_dict()], policy_version=policy_version,
-    )
 
 
 class Pipeline:
@@ -529,7 +454,7 @@ class Pipeline:
             return
         body = decision.body
         job.digest = body.get("action_digest") or None
-        early = _Early(tenant, now, decision, eval_us)
+        early = EarlyDecision(tenant, now, decision, eval_us)
         if body["verdict"] == "ALLOW" and body["buckets"] and body["decision"] != "ERROR":
             try:
                 early.token = self._token_for(tenant, body, now)
@@ -665,7 +590,7 @@ class Pipeline:
             if more is not None and more.op == "sweep":
                 self._carried.append(more)  # the next turn's, after this batch
                 continue
-            key = state.keys.get(_ident(more)) if more is not None else None
+            key = state.keys.get(job_ident(more)) if more is not None else None
             if (more is None or more.op != "check" or key is None
                     or key.tenant_id not in state.chains):
                 self._carried.append(more)
@@ -673,7 +598,7 @@ class Pipeline:
             late.append(more)
         if not late:
             return
-        idents = {_ident(job): job for job in late}
+        idents = {job_ident(job): job for job in late}
         cursors: list[Any] = []
         try:
             with self._pipeline(conn):
@@ -684,7 +609,7 @@ class Pipeline:
             for cursor in cursors:
                 cursor.close()
         for job in late:
-            key = fresh[_ident(job)]
+            key = fresh[job_ident(job)]
             # a key's tenant never changes; were it not locked, the job gets no key (401)
             job.key = key if key is not None and key.tenant_id in state.chains else None
             batch.append(job)
@@ -711,7 +636,7 @@ class Pipeline:
         each other)."""
         idents: dict[str, Job] = {}
         for job in batch:
-            idents.setdefault(_ident(job), job)
+            idents.setdefault(job_ident(job), job)
         expected: dict[str, tuple[str, str]] = {}
         for ident, job in idents.items():
             known = self._known.get(job.secret_hash or "") if job.key_id is None else None
@@ -734,7 +659,7 @@ class Pipeline:
             for ident, job in idents.items():
                 state.keys[ident] = self._key_from(lookups[ident], job)
             for job in batch:
-                job.key = state.keys[_ident(job)]
+                job.key = state.keys[job_ident(job)]
             missing = {j.key.tenant_id for j in batch if j.key is not None} - locked
             if missing and locked and self.store.dialect == "postgresql" and (
                     min(missing) < max(locked)):
@@ -781,8 +706,8 @@ class Pipeline:
                 state.chains.setdefault(tenant, chain)
 
         finish.append(read_heads)
-        checks = [j for j in batch if j.op == "check" and tenant_of.get(_ident(j)) in tenants]
-        key_ids = sorted({key_id_of[_ident(j)] for j in checks if _ident(j) in key_id_of})
+        checks = [j for j in batch if j.op == "check" and tenant_of.get(job_ident(j)) in tenants]
+        key_ids = sorted({key_id_of[job_ident(j)] for j in checks if job_ident(j) in key_id_of})
         if key_ids:
             usage = self._cursor(conn, cursors)
             params: dict[str, Any] = {}
@@ -799,7 +724,7 @@ class Pipeline:
         repeated: dict[str, list[str]] = {}
         for job in checks:
             if job.client_request_id:
-                repeated.setdefault(tenant_of[_ident(job)], []).append(job.request_id)
+                repeated.setdefault(tenant_of[job_ident(job)], []).append(job.request_id)
         for tenant, request_ids in repeated.items():
             replays = self._cursor(conn, cursors)
             params = {}
@@ -828,7 +753,7 @@ class Pipeline:
         for job in checks:
             if job.request is None:
                 continue
-            tenant = tenant_of[_ident(job)]
+            tenant = tenant_of[job_ident(job)]
             ctx = job.request.context
             if ctx is not None and ctx.run_id is not None:
                 runs.setdefault(tenant, set()).add(ctx.run_id)
@@ -957,7 +882,6 @@ class Pipeline:
         now_us = int(now.timestamp() * 1e6)
 
         def refuse(status: int, code: str, detail: str, **extra: Any) -> Outcome:
-            metrics.REFUSED.labels(status=str(status)).inc()
             self._log_event(state, chain, key, now, "approval.refused", None,
                             {"approval_id": p.get("approval_id"), "code": code,
                              "decision": job.op})
@@ -1051,7 +975,6 @@ class Pipeline:
         target = str(p.get("request_id") or "")
 
         def refuse(status: int, code: str, detail: str, **extra: Any) -> Outcome:
-            metrics.REFUSED.labels(status=str(status)).inc()
             self._log_event(state, chain, key, now, "break_glass.refused", None,
                             {"request_id": target, "code": code})
             return _refusal(status, code, detail, rid, **extra)
@@ -1342,8 +1265,7 @@ class Pipeline:
             counts = Counts.current(row, windows)
         refusal = check_quota(counts, windows, monthly=key.monthly_quota,
                               daily=key.daily_quota, per_minute=key.per_minute)
-        if refusal is not None:
-            metrics.REFUSED.labels(status=str(refusal.status)).inc()
+        if refusal is not None:  # counted in /metrics by the HTTP layer, as every refusal
             if refusal.retry_after is not None:
                 return Outcome(
                     429,

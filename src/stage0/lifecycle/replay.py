@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stage0.contract import RequestValidationError
+from stage0.contract.effects import VERDICT_RANK, is_stricter_verdict
 from stage0.contract.issues import Issue
 from stage0.engine import ApprovalEvidence, Engine
 from stage0.engine.combine import combine
@@ -23,7 +24,9 @@ from stage0.policy import CompiledPolicy
 from stage0.store import ledger
 from stage0.store.database import Store
 
-LOOSER = {("DENY", "ALLOW"), ("DEFER", "ALLOW"), ("DENY", "DEFER")}
+LOOSER = frozenset(
+    (a, b) for a in VERDICT_RANK for b in VERDICT_RANK if is_stricter_verdict(a, b))
+"""The flips that loosen: DENY or DEFER to ALLOW, DENY to DEFER."""
 
 
 class _AsRecorded:

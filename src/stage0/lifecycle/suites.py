@@ -15,14 +15,16 @@ example (``examples/*.json``)::
           buckets_include: [production_control_plane]
 
 A file holding one case at the top level (a worked example) is a suite of one. Every case runs on
-a fresh engine (:func:`stage0.testing.make_engine`) whose clock says ``evaluated_at``, so runs are
-deterministic and cases do not share loop counters.
+a fresh engine (as :func:`stage0.testing.make_engine` makes one: in-memory run state, no approval
+store) whose clock says ``evaluated_at``, so runs are deterministic and cases do not share loop
+counters.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,8 +35,8 @@ import yaml
 
 from stage0.contract import RequestValidationError
 from stage0.contract.request import parse_instant
+from stage0.engine import Engine, InMemoryRunState
 from stage0.policy.compiled import CompiledPolicy
-from stage0.testing import make_engine
 
 VERDICTS = ("ALLOW", "DEFER", "DENY")
 EXPECT_KEYS = ("verdict", "decision", "issues_include", "issues_exclude", "buckets_include")
@@ -247,7 +249,9 @@ def _expect(raw: dict[str, Any], where: str) -> Expect:
 
 def run_case(case: Case, policy: CompiledPolicy) -> CaseResult:
     """Decide ``case.request`` at ``case.evaluated_at`` on a fresh engine and compare."""
-    engine = make_engine(at=case.evaluated_at, policy=policy)
+    at = parse_instant(case.evaluated_at)
+    ids = (f"00000000-0000-4000-8000-{n:012d}" for n in itertools.count(1))
+    engine = Engine(policy, run_state=InMemoryRunState(), clock=lambda: at, ids=ids.__next__)
     try:
         decision = engine.check(copy.deepcopy(case.request))
     except RequestValidationError as exc:
