@@ -2,6 +2,9 @@
 
 ``python mcp_downstream.py MARKER_FILE``: every tool that actually runs appends one JSON line
 to MARKER_FILE, so a test can prove whether (and how often) a call reached this server.
+
+``read_note`` and ``purge_note`` declare an ``outputSchema`` (they return structured content);
+``search.titles`` has a dot in its name and the last tool a name too long to re-export as is.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
+from pydantic import BaseModel
 
 MARKER = Path(sys.argv[1])
 
@@ -35,6 +39,47 @@ def echo(text: str) -> str:
 def remove_note(note: str) -> str:
     _record("remove_note", note=note)
     return f"removed {note}"
+
+
+class Note(BaseModel):
+    note: str
+    words: int
+
+
+class Purged(BaseModel):
+    note: str
+    purged: bool
+
+
+LONG_NAME = "count_the_words_of_every_note_in_the_notebook_and_show_totals"
+
+
+@server.tool(description="Read a note (structured output).",
+             annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+def read_note(note: str) -> Note:
+    _record("read_note", note=note)
+    return Note(note=note, words=len(note.split()))
+
+
+@server.tool(description="Purge a note and its history (structured output).",
+             annotations=ToolAnnotations(destructive_hint=True, open_world_hint=False))
+def purge_note(note: str) -> Purged:
+    _record("purge_note", note=note)
+    return Purged(note=note, purged=True)
+
+
+@server.tool(name="search.titles", description="Search the note titles (a dot in the tool name).",
+             annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+def search_titles() -> str:
+    _record("search.titles")
+    return "titles: n1, n2"
+
+
+@server.tool(name=LONG_NAME, description="A tool whose prefixed name is over 64 characters.",
+             annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+def long_named() -> str:
+    _record(LONG_NAME)
+    return "3 notes, 12 words"
 
 
 if __name__ == "__main__":

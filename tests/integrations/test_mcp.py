@@ -28,6 +28,7 @@ from mcp.shared.exceptions import MCPError
 
 from stage0.cli.main import cli
 from stage0.integrations.mcp import (
+    META_KEY,
     DownstreamServer,
     GatewayConfig,
     Route,
@@ -122,6 +123,15 @@ def text_of(result: types.CallToolResult) -> str:
     return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
+def decision_of(result: types.CallToolResult) -> dict[str, Any]:
+    """Stage0's decision on a blocked call: in ``_meta``, never in ``structuredContent``."""
+    assert result.is_error
+    assert result.structured_content is None
+    assert result.meta is not None
+    decision: dict[str, Any] = result.meta[META_KEY]
+    return decision
+
+
 def test_single_server_allows_the_harmless_call_and_denies_the_destructive_one(
     stage0_server: Stage0, tmp_path: Path,
 ) -> None:
@@ -132,21 +142,21 @@ def test_single_server_allows_the_harmless_call_and_denies_the_destructive_one(
         args = ["--server-name", "notes", "--", sys.executable, str(DOWNSTREAM), str(marker)]
         async with proxy(args, env, log) as session:
             tools = {t.name: t for t in (await session.list_tools()).tools}
-            assert set(tools) == {"notes.echo", "notes.remove_note"}
-            assert tools["notes.remove_note"].annotations is not None
-            assert tools["notes.remove_note"].annotations.destructive_hint is True
-            assert tools["notes.echo"].input_schema["required"] == ["text"]
+            assert {"notes__echo", "notes__remove_note"} <= set(tools)
+            assert tools["notes__remove_note"].annotations is not None
+            assert tools["notes__remove_note"].annotations.destructive_hint is True
+            assert tools["notes__echo"].input_schema["required"] == ["text"]
 
-            allowed = await session.call_tool("notes.echo", {"text": "hello"})
+            allowed = await session.call_tool("notes__echo", {"text": "hello"})
             assert not allowed.is_error, text_of(allowed)
             assert text_of(allowed) == "echo: hello"
             assert marker_lines(marker) == [{"tool": "echo", "arguments": {"text": "hello"}}]
 
-            denied = await session.call_tool("notes.remove_note", {"note": "n1"})
-            assert denied.is_error
+            denied = await session.call_tool("notes__remove_note", {"note": "n1"})
             text = text_of(denied)
-            info = denied.structured_content["stage0"]
+            info = decision_of(denied)
             assert info["verdict"] == "DENY"
+            assert info["tool"] == "notes.remove_note"  # the qualified name Stage0 was asked
             assert info["request_id"]
             assert f"request_id: {info['request_id']}" in text
             assert info["policy_version"] == "stage0-policy-pack@1.0.0"
@@ -157,7 +167,7 @@ def test_single_server_allows_the_harmless_call_and_denies_the_destructive_one(
             assert [m["tool"] for m in marker_lines(marker)] == ["echo"]  # never forwarded
 
             with pytest.raises(MCPError, match="unknown tool"):
-                await session.call_tool("notes.nope", {})
+                await session.call_tool("notes__nope", {})
 
     run(scenario, log)
 
@@ -170,9 +180,8 @@ def test_an_unreachable_stage0_fails_closed(stage0_server: Stage0, tmp_path: Pat
     async def scenario() -> None:
         args = ["--api-base", nowhere, "--", sys.executable, str(DOWNSTREAM), str(marker)]
         async with proxy(args, env, log) as session:
-            result = await session.call_tool("server.echo", {"text": "hello"})
-            assert result.is_error
-            info = result.structured_content["stage0"]
+            result = await session.call_tool("server__echo", {"text": "hello"})
+            info = decision_of(result)
             assert (info["verdict"], info["decision"]) == ("DENY", "ERROR")
             assert info["issues"] == ["SERVICE_UNAVAILABLE"]
             assert marker_lines(marker) == []
@@ -203,9 +212,8 @@ def test_deferred_call_runs_once_after_approval(stage0_server: Stage0, tmp_path:
 
     async def scenario() -> None:
         async with proxy(["--config", str(config)], env, log) as session:
-            deferred = await session.call_tool("notes.remove_note", {"note": "n2"})
-            assert deferred.is_error
-            info = deferred.structured_content["stage0"]
+            deferred = await session.call_tool("notes__remove_note", {"note": "n2"})
+            info = decision_of(deferred)
             assert info["verdict"] == "DEFER"
             approval_id = info["approval_id"]
             assert approval_id.startswith("apr_")
@@ -217,16 +225,15 @@ def test_deferred_call_runs_once_after_approval(stage0_server: Stage0, tmp_path:
                 assert needle in text, (needle, text)
             assert removals() == []
 
-            again = await session.call_tool("notes.remove_note", {"note": "n2"})
-            assert again.is_error
-            assert again.structured_content["stage0"]["approval_id"] == approval_id
+            again = await session.call_tool("notes__remove_note", {"note": "n2"})
+            assert decision_of(again)["approval_id"] == approval_id
             assert removals() == []
 
             decided = await anyio.to_thread.run_sync(
                 lambda: approver.approvals.approve(approval_id, reason="checked"))
             assert decided["status"] == "approved"
 
-            done = await session.call_tool("notes.remove_note", {"note": "n2"})
+            done = await session.call_tool("notes__remove_note", {"note": "n2"})
             assert not done.is_error, text_of(done)
             assert text_of(done) == "removed n2"
             # the ALLOW carried an execution token, which the gateway consumed before forwarding
@@ -234,10 +241,9 @@ def test_deferred_call_runs_once_after_approval(stage0_server: Stage0, tmp_path:
             assert removals() == [{"tool": "remove_note", "arguments": {"note": "n2"}}]
 
             # the approval covered one execution: the next identical call asks again
-            after = await session.call_tool("notes.remove_note", {"note": "n2"})
-            assert after.is_error
-            assert after.structured_content["stage0"]["verdict"] == "DEFER"
-            assert after.structured_content["stage0"]["approval_id"] != approval_id
+            after = await session.call_tool("notes__remove_note", {"note": "n2"})
+            assert decision_of(after)["verdict"] == "DEFER"
+            assert decision_of(after)["approval_id"] != approval_id
             assert len(removals()) == 1
             assert stage0_server.consumed_tokens() == consumed_before + 1
 

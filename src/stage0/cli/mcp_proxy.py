@@ -15,7 +15,10 @@ import click
                    "side effects and constraints.")
 @click.option("--server-name", default="server", show_default=True,
               help="Name of the single downstream server given after `--` (tools are exported "
-                   "as NAME.TOOL).")
+                   "as NAME__TOOL).")
+@click.option("--name-separator", default=None, metavar="SEP",
+              help="What joins the server and tool names in a re-exported name (default: the "
+                   "config's `tool_names.separator`, else `__`); 1-8 of A-Z a-z 0-9 _ - .")
 @click.option("--api-base", default=None,
               help="Stage0 base URL (default: the config's, else STAGE0_API_BASE).")
 @click.option("--api-key", default=None,
@@ -26,9 +29,9 @@ import click
               help="Seconds to hold a deferred call while its approval is pending (default 0: "
                    "answer at once with the approval id).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def mcp_proxy(config_path: Path | None, server_name: str, api_base: str | None,
-              api_key: str | None, environment: str | None, wait_for_approval: float | None,
-              command: tuple[str, ...]) -> None:
+def mcp_proxy(config_path: Path | None, server_name: str, name_separator: str | None,
+              api_base: str | None, api_key: str | None, environment: str | None,
+              wait_for_approval: float | None, command: tuple[str, ...]) -> None:
     """Serve MCP on stdio in front of downstream MCP servers, asking Stage0 before every call.
 
     stage0 mcp-proxy --config FILE, or stage0 mcp-proxy [--server-name NAME] -- COMMAND ARGS...
@@ -46,6 +49,10 @@ def mcp_proxy(config_path: Path | None, server_name: str, api_base: str | None,
     try:
         config = (gateway.load_config(config_path) if config_path is not None
                   else gateway.single_server_config(command, server_name))
+        if name_separator is not None:
+            config = gateway.GatewayConfig.model_validate(
+                {**config.model_dump(), "tool_names": {**config.tool_names.model_dump(),
+                                                       "separator": name_separator}})
     except (gateway.ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     settings = config.stage0

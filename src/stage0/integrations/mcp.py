@@ -2,7 +2,8 @@
 
 ``stage0 mcp-proxy --config FILE`` (or ``stage0 mcp-proxy -- COMMAND ARGS...``) starts each
 downstream server over stdio with the official ``mcp`` SDK, re-exports its tools as
-``<server>.<tool>`` (``prefix: false`` keeps the bare name), and gates every ``tools/call``:
+``<server>__<tool>`` (``prefix: false`` keeps the bare name; see :func:`export_name` for the
+separator, the character set and the length limit), and gates every ``tools/call``:
 
 - the request sent to ``POST /check`` names the tool ``<server>.<tool>`` (always qualified, so
   the policy sees the same name whatever the export), carries the call's arguments (hence the
@@ -13,15 +14,18 @@ downstream server over stdio with the official ``mcp`` SDK, re-exports its tools
 - ALLOW: the execution token, if any, is verified offline and consumed, then the call is
   forwarded and the downstream result returned as is;
 - DEFER and DENY (and any failure, which fails closed) come back as a tool error
-  (``isError: true``) whose text names the verdict, request_id, policy_version, the issue codes
-  and the approval id. Once the approval is granted, the same call again goes through: the
-  gateway finds the granted approval for the same action and checks again with its id.
+  (``isError: true``, no ``structuredContent``, so it is valid whatever the tool's
+  ``outputSchema``) whose text names the verdict, request_id, policy_version, the issue codes
+  and the approval id, and whose ``_meta[META_KEY]`` has the same fields. Once the approval is
+  granted, the same call again goes through: the gateway finds the granted approval for the same
+  action and checks again with its id.
 
 Needs the optional dependency group ``stage0[mcp]``; the core package never imports this module.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -42,7 +46,14 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stage0 import __version__
 from stage0.sdk.client import AsyncClient, CheckResult
@@ -54,10 +65,21 @@ from stage0.sdk.guard import (
 
 log = logging.getLogger(__name__)
 
-SEPARATOR = "."
+QUALIFIED_SEPARATOR = "."  # `<server>.<tool>`: the name Stage0 (and so the policy) sees
+DEFAULT_NAME_SEPARATOR = "__"  # `<server>__<tool>`: the name the MCP client sees
 DESTRUCTIVE_EFFECTS = ("delete",)
 OPEN_WORLD_EFFECTS = ("external_notification",)
+#: The ``_meta`` key of a blocked result: a reverse-DNS prefix (the project's GitHub namespace,
+#: outside the prefixes MCP reserves) and a name, per the MCP spec's ``_meta`` key format.
+META_KEY = "io.github.stage0-authz/decision"
+#: Function names that OpenAI function calling (and the clients built on it) accept.
+OPENAI_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+#: Tool names per the MCP spec (SEP-986, revision 2025-11-25): 1-128 of A-Z a-z 0-9 _ - .
+MCP_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SEPARATOR = re.compile(r"^[A-Za-z0-9_.-]{1,8}$")
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_-]")
+_HASH_LENGTH = 8
 
 
 class ConfigError(ValueError):
@@ -79,6 +101,7 @@ class ToolRule(_Model):
     goal: str | None = None
     success_criteria: list[str] = Field(default_factory=list)
     context: dict[str, Any] = Field(default_factory=dict)
+    export_as: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class DownstreamServer(_Model):
@@ -113,12 +136,27 @@ class AnnotationEffects(_Model):
     open_world: list[str] = Field(default_factory=lambda: list(OPEN_WORLD_EFFECTS), min_length=1)
 
 
+class ToolNames(_Model):
+    """How re-exported tool names are made (see :func:`export_name`)."""
+
+    separator: str = DEFAULT_NAME_SEPARATOR
+    max_length: int = Field(default=64, ge=16, le=128)
+
+    @field_validator("separator")
+    @classmethod
+    def _separator(cls, value: str) -> str:
+        if not _SEPARATOR.match(value):
+            raise ValueError(f"separator `{value}`: use 1-8 of A-Z a-z 0-9 _ - .")
+        return value
+
+
 class GatewayConfig(_Model):
     """The whole configuration file."""
 
     stage0: Stage0Settings = Field(default_factory=Stage0Settings)
     servers: dict[str, DownstreamServer] = Field(min_length=1)
     annotations: AnnotationEffects = Field(default_factory=AnnotationEffects)
+    tool_names: ToolNames = Field(default_factory=ToolNames)
 
     @field_validator("servers")
     @classmethod
@@ -127,6 +165,16 @@ class GatewayConfig(_Model):
             if not _SERVER_NAME.match(name):
                 raise ValueError(f"server name `{name}`: use 1-64 of A-Z a-z 0-9 _ -")
         return value
+
+    @model_validator(mode="after")
+    def _export_as_fits(self) -> GatewayConfig:
+        limit = self.tool_names.max_length
+        for server_name, server in self.servers.items():
+            for tool_name, rule in server.tools.items():
+                if rule.export_as is not None and len(rule.export_as) > limit:
+                    raise ValueError(f"servers.{server_name}.tools.{tool_name}.export_as: "
+                                     f"longer than tool_names.max_length ({limit})")
+        return self
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -182,6 +230,30 @@ def side_effects_for(server: DownstreamServer, rule: ToolRule, tool: types.Tool,
     return _union(server.side_effects, rule.side_effects, annotation_effects(tool, effects))
 
 
+def export_name(server: str, tool: str, *, prefix: bool = True,
+                names: ToolNames | None = None, export_as: str | None = None) -> str:
+    """The name a downstream tool is re-exported under; a pure function of its arguments.
+
+    ``export_as`` if given; else ``<server><separator><tool>`` (``<tool>`` without the prefix),
+    every character outside ``A-Z a-z 0-9 _ -`` (and the separator's own) replaced by ``_``, and a
+    name longer than ``max_length`` cut to fit and ended with ``_`` and 8 hex digits of the
+    SHA-256 of ``<server>``, NUL, ``<tool>`` — so the same tool always gets the same name, and two
+    tools whose long names share their start get different ones. With the default separator
+    ``__`` every name matches OpenAI's ``^[a-zA-Z0-9_-]{1,64}$`` and MCP's tool-name rule.
+    The gateway maps names back through its routing table, never by splitting a name.
+    """
+    if export_as:
+        return export_as
+    names = names or ToolNames()
+    raw = f"{server}{names.separator}{tool}" if prefix else tool
+    allowed = set(names.separator)
+    name = "".join(c if c in allowed or _NAME_CHAR.match(c) else "_" for c in raw)
+    if not name or len(name) > names.max_length:
+        digest = hashlib.sha256(f"{server}\0{tool}".encode()).hexdigest()[:_HASH_LENGTH]
+        name = f"{name[:names.max_length - _HASH_LENGTH - 1]}_{digest}"
+    return name
+
+
 @dataclass(frozen=True)
 class Route:
     """One re-exported tool: where it goes and what Stage0 is told about it."""
@@ -192,7 +264,8 @@ class Route:
 
     @property
     def qualified(self) -> str:
-        return f"{self.server}{SEPARATOR}{self.tool.name}"
+        """``<server>.<tool>``: the name in the ``/check`` request, whatever the export."""
+        return f"{self.server}{QUALIFIED_SEPARATOR}{self.tool.name}"
 
 
 def check_request(config: GatewayConfig, route: Route,
@@ -223,7 +296,13 @@ async def authorize(client: AsyncClient, body: dict[str, Any],
 
 
 def blocked_result(exc: ActionBlocked, tool: str) -> types.CallToolResult:
-    """DENY/DEFER as an MCP tool error the agent (and its user) can act on."""
+    """DENY/DEFER as an MCP tool error the agent (and its user) can act on.
+
+    The decision is in the text (for the model) and in ``_meta[META_KEY]`` (for a program);
+    never in ``structuredContent``, which a client validates against the tool's
+    ``outputSchema`` (the TypeScript SDK does even for ``isError`` results, and refuses the
+    whole result with -32602 when it does not match).
+    """
     result = exc.result
     approval = exc.approval or {}
     approval_id = approval.get("approval_id")
@@ -241,12 +320,37 @@ def blocked_result(exc: ActionBlocked, tool: str) -> types.CallToolResult:
     for issue in exc.issues:
         if isinstance(issue, dict) and issue.get("message"):
             lines.append(f"- {issue.get('code')}: {issue.get('message')}")
-    structured = {"stage0": {
+    decision = {
         "verdict": result.verdict, "decision": result.decision, "request_id": exc.request_id,
         "policy_version": exc.policy_version, "issues": codes, "approval_id": approval_id,
-        "approval_status": approval.get("status"), "reason": result.body.get("reason")}}
+        "approval_status": approval.get("status"), "reason": result.body.get("reason"),
+        "tool": tool}
     return types.CallToolResult(content=[types.TextContent(type="text", text="\n".join(lines))],
-                                structured_content=structured, is_error=True)
+                                is_error=True, _meta={META_KEY: decision})
+
+
+def build_routes(config: GatewayConfig,
+                 listed: Mapping[str, Sequence[types.Tool]]) -> dict[str, Route]:
+    """The routing table: exported name -> (server, downstream tool).
+
+    Raises :class:`ConfigError` when two tools would be exported under the same name.
+    """
+    routes: dict[str, Route] = {}
+    for name, tools in listed.items():
+        spec = config.servers[name]
+        for tool in tools:
+            rule = spec.tools.get(tool.name, ToolRule())
+            exported = export_name(name, tool.name, prefix=spec.prefix,
+                                   names=config.tool_names, export_as=rule.export_as)
+            other = routes.get(exported)
+            if other is not None:
+                raise ConfigError(
+                    f"two downstream tools are exported as `{exported}`: `{other.qualified}` "
+                    f"and `{name}{QUALIFIED_SEPARATOR}{tool.name}`; set `prefix: true` on "
+                    f"`{name}` or `{other.server}`, or give one of them "
+                    f"`servers.<server>.tools.<tool>.export_as`")
+            routes[exported] = Route(exported, name, tool)
+    return routes
 
 
 # -- the gateway -----------------------------------------------------------------------------
@@ -316,18 +420,10 @@ class Gateway:
 
     async def refresh(self) -> dict[str, Route]:
         """List every downstream server's tools and rebuild the routing table."""
-        routes: dict[str, Route] = {}
-        for name, session in self.sessions.items():
-            spec = self.config.servers[name]
-            for tool in await self._list_downstream(session):
-                exported = f"{name}{SEPARATOR}{tool.name}" if spec.prefix else tool.name
-                if exported in routes:
-                    raise ConfigError(f"two downstream tools are exported as `{exported}`: "
-                                      f"set `prefix: true` on `{name}` or "
-                                      f"`{routes[exported].server}`")
-                routes[exported] = Route(exported, name, tool)
-        self.routes = routes
-        return routes
+        listed = {name: await self._list_downstream(session)
+                  for name, session in self.sessions.items()}
+        self.routes = build_routes(self.config, listed)
+        return self.routes
 
     def exported_tools(self) -> list[types.Tool]:
         return [route.tool.model_copy(update={"name": route.exported})
@@ -388,10 +484,18 @@ async def run_gateway(config: GatewayConfig) -> None:
     async with Gateway(config) as gateway:
         log.info("stage0 mcp-proxy: %d tools from %s; Stage0 at %s", len(gateway.routes),
                  ", ".join(gateway.sessions), gateway.client.base_url)
+        separator = config.tool_names.separator
+        for route in gateway.routes.values():
+            plain = (f"{route.server}{separator}{route.tool.name}"
+                     if config.servers[route.server].prefix else route.tool.name)
+            if route.exported != plain:
+                log.info("`%s` is exported as `%s`", route.qualified, route.exported)
         await gateway.serve_stdio()
 
 
-__all__ = ["AnnotationEffects", "ConfigError", "DownstreamServer", "Gateway", "GatewayConfig",
-           "Route", "Stage0Settings", "ToolRule", "annotation_effects", "authorize",
-           "blocked_result", "check_request", "load_config", "run_gateway", "side_effects_for",
+__all__ = ["DEFAULT_NAME_SEPARATOR", "MCP_TOOL_NAME", "META_KEY", "OPENAI_FUNCTION_NAME",
+           "QUALIFIED_SEPARATOR", "AnnotationEffects", "ConfigError", "DownstreamServer",
+           "Gateway", "GatewayConfig", "Route", "Stage0Settings", "ToolNames", "ToolRule",
+           "annotation_effects", "authorize", "blocked_result", "build_routes",
+           "check_request", "export_name", "load_config", "run_gateway", "side_effects_for",
            "single_server_config"]
