@@ -1,7 +1,7 @@
 """A LangGraph agent whose payout tool runs only when Stage0 allows it.
 
 Needs a running Stage0 (``stage0 serve``), an agent key and the optional dependencies
-(``pip install 'stage0[langgraph]'``)::
+(``pip install 'stage0-authz[langgraph]'``)::
 
     stage0 keys create --tenant default --name agent --scopes check --principal agent-7
     export STAGE0_API_BASE=http://127.0.0.1:8000 STAGE0_API_KEY=<the agent key>

@@ -1,6 +1,6 @@
 """An OpenAI Agents SDK agent whose payout tool is gated by Stage0.
 
-    pip install 'stage0[openai-agents]'
+    pip install 'stage0-authz[openai-agents]'
     stage0 serve &                                   # or point STAGE0_API_BASE at your server
     export STAGE0_API_KEY=s0_...                     # a key with the `check` scope
     export OPENAI_API_KEY=sk-...

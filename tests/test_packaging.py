@@ -190,3 +190,12 @@ def test_the_wheel_serves_and_its_client_checks(clean_venv: Path, tmp_path: Path
     # a clean stop: uvicorn shuts down, then ends by the signal it was sent
     assert server.returncode in (0, -signal.SIGTERM), log.read_text("utf-8", "replace")
     assert "Application shutdown complete" in log.read_text("utf-8", "replace")
+
+
+def test_the_docs_install_this_distribution_never_the_other_stage0() -> None:
+    """`pip install stage0` fetches an unrelated project from the package index."""
+    wrong = re.compile(r"""pip install\s+['"]?stage0(?![-\w])""")
+    texts = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted((REPO / "examples").glob("*.py")), *sorted(PACKAGE.rglob("*.py"))]
+    offenders = [str(p.relative_to(REPO)) for p in texts if wrong.search(p.read_text("utf-8"))]
+    assert not offenders, f"say `pip install stage0-authz`: {offenders}"

@@ -1,4 +1,4 @@
-"""``stage0 mcp-proxy``: the MCP gateway (needs ``stage0[mcp]``; imported only when run)."""
+"""``stage0 mcp-proxy``: the MCP gateway (needs ``stage0-authz[mcp]``; imported only when run)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def mcp_proxy(config_path: Path | None, server_name: str, name_separator: str | 
         from stage0.integrations import mcp as gateway  # noqa: PLC0415
     except ImportError as exc:
         raise click.ClickException(
-            f"the MCP gateway needs the `mcp` package: pip install 'stage0[mcp]' ({exc})"
+            f"the MCP gateway needs the `mcp` package: pip install 'stage0-authz[mcp]' ({exc})"
         ) from None
     try:
         config = (gateway.load_config(config_path) if config_path is not None

@@ -1,4 +1,4 @@
-"""Stage0 for the OpenAI Agents SDK (``pip install 'stage0[openai-agents]'``).
+"""Stage0 for the OpenAI Agents SDK (``pip install 'stage0-authz[openai-agents]'``).
 
     payout = stage0_function_tool(create_payout, client=stage0.Client(),
                                   tool="payments.create_payout",
