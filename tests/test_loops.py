@@ -135,3 +135,43 @@ def test_run_state_is_atomic_under_threads() -> None:
     final = state.observe("t", "run", at=at, tool=None, cost_usd=0.0)
     assert final.iterations == 1601
     assert final.cost_usd == pytest.approx(800.0)
+
+
+@pytest.mark.parametrize(
+    ("note", "context", "values", "sources"),
+    [
+        ("no run, no counters", {},
+         (None, None, None), (None, None, None, None)),
+        ("client counters", {"current_iteration": 2, "elapsed_seconds": 5.0,
+                             "recent_tools": ["A.B"], "cumulative_cost_usd": 1.5},
+         (2, 5.0, 1.5), ("client", "client", "client", "client")),
+        ("a step cost alone stands for the run's", {"cost_usd": 0.25},
+         (None, None, 0.25), (None, None, None, "client")),
+        ("the run state fills in", {"run_id": "r"},
+         (1, 0.0, 0.0), ("run_state", "run_state", "run_state", "run_state")),
+        ("with a run, the step cost adds to it", {"run_id": "r", "cost_usd": 0.25},
+         (1, 0.0, 0.25), ("run_state", "run_state", "run_state", "run_state")),
+        ("client values win over the run state", {"run_id": "r", "current_iteration": 7,
+                                                   "cumulative_cost_usd": 3.0},
+         (7, 0.0, 3.0), ("client", "run_state", "run_state", "client")),
+    ],
+)
+def test_each_counter_and_where_it_came_from(
+    note: str, context: dict[str, Any], values: tuple[Any, ...], sources: tuple[Any, ...]
+) -> None:
+    engine = _engine(FixedClock("2026-03-17T10:00:00Z"), InMemoryRunState())
+    body = engine.check(request(context=context)).body
+    loop = body["guardrail_checks"]["loop"]
+    assert (loop["iteration"], loop["elapsed_seconds"], loop["cumulative_cost_usd"]) == values
+    assert loop["sources"] == dict(
+        zip(("iteration", "elapsed_seconds", "recent_tools", "cost_usd"), sources, strict=True))
+    assert (body["cost_estimate"] is None) is (values[2] is None), note
+    assert loop["required"] is False
+    assert loop["satisfied"] is True
+
+
+@pytest.mark.parametrize("limit", LIMITS)
+def test_any_loop_limit_makes_the_check_required(limit: str) -> None:
+    loop = decide(request(constraints=[limit]))
+    assert loop.body["guardrail_checks"]["loop"]["required"] is True
+    assert loop.body["guardrail_checks"]["loop"]["satisfied"] is True

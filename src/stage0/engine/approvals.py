@@ -58,6 +58,9 @@ def check_approval(
     resolver: ApprovalResolver | None,
     buckets: tuple[str, ...] = (),
 ) -> None:
+    """The first of these that applies decides: the caller reports a rejection; no approval is
+    needed (a server-side approval is then looked at only as a break-glass declaration); a
+    server-side approval (``approval_id``); the caller's ``approved``; else it is pending."""
     check: dict[str, object] = {
         "required": required,
         "satisfied": not required,
@@ -72,8 +75,7 @@ def check_approval(
         out.add(
             "APPROVAL_REJECTED", "The caller reports `approval_status: rejected` for this action"
         )
-        return
-    if not required:
+    elif not required:
         if approval_id is not None and resolver is not None:
             # No approval needed, but a break-glass declaration may be lifting a window or a
             # freeze: it must hold for this exact action, like any approval.
@@ -81,42 +83,49 @@ def check_approval(
             if evidence is not None and evidence.kind == "break_glass":
                 _check_server_approval(out, check, policy, None, approval_id, at, digest,
                                        evidence)
-        return
-    if approval_id is not None:
+    elif approval_id is not None:
         _check_server_approval(
             out, check, policy, policy.approval_rule(buckets), approval_id, at, digest,
             resolver.resolve(tenant, approval_id) if resolver is not None else None)
+    elif status == "approved":
+        _check_caller_approval(out, check, policy, verified_only, approved_at, at)
+    else:
+        shown = status if status is not None else "absent"
+        out.add(
+            "APPROVAL_REQUIRED_PENDING",
+            f"Approval is required by {', '.join(sources)} and `approval_status` is {shown}",
+        )
+
+
+def _check_caller_approval(
+    out: Findings,
+    check: dict[str, object],
+    policy: CompiledPolicy,
+    verified_only: bool,
+    approved_at: datetime | None,
+    at: datetime,
+) -> None:
+    """``approval_status: approved`` as the caller asserts it, with its ``approved_at``."""
+    if verified_only:
+        out.add(
+            "APPROVAL_REQUIRED_PENDING",
+            "This action needs a server-side approval (`context.approval_id`); "
+            "a caller-written `approval_status` does not count",
+        )
         return
-    if status == "approved":
-        if verified_only:
+    if approved_at is not None:
+        age = (at - approved_at).total_seconds()
+        if age > policy.approval_max_age:
             out.add(
-                "APPROVAL_REQUIRED_PENDING",
-                "This action needs a server-side approval (`context.approval_id`); "
-                "a caller-written `approval_status` does not count",
+                "APPROVAL_EXPIRED",
+                f"The approval of {_iso(approved_at)} is older than the policy's maximum "
+                f"age of {policy.approval_max_age / 3600:g} h",
             )
             return
-        if approved_at is not None:
-            age = (at - approved_at).total_seconds()
-            if age > policy.approval_max_age:
-                out.add(
-                    "APPROVAL_EXPIRED",
-                    f"The approval of {_iso(approved_at)} is older than the policy's maximum "
-                    f"age of {policy.approval_max_age / 3600:g} h",
-                )
-                return
-            if -age > policy.approval_future_skew:
-                out.add(
-                    "APPROVAL_EXPIRED",
-                    f"`approved_at` ({_iso(approved_at)}) is in the future",
-                )
-                return
-        check["satisfied"] = True
-        return
-    shown = status if status is not None else "absent"
-    out.add(
-        "APPROVAL_REQUIRED_PENDING",
-        f"Approval is required by {', '.join(sources)} and `approval_status` is {shown}",
-    )
+        if -age > policy.approval_future_skew:
+            out.add("APPROVAL_EXPIRED", f"`approved_at` ({_iso(approved_at)}) is in the future")
+            return
+    check["satisfied"] = True
 
 
 def _weaker(evidence: ApprovalEvidence, rule: ApprovalRule) -> list[str]:
@@ -132,6 +141,36 @@ def _weaker(evidence: ApprovalEvidence, rule: ApprovalRule) -> list[str]:
     return short
 
 
+def _expired(evidence: ApprovalEvidence, at: datetime) -> bool:
+    if evidence.status == "expired":
+        return True
+    if evidence.expires_at is not None and at >= evidence.expires_at:
+        return True
+    return (evidence.status == "approved" and evidence.execute_by is not None
+            and at > evidence.execute_by)
+
+
+def _unusable(evidence: ApprovalEvidence, approval_id: str, at: datetime,
+              digest: str) -> tuple[str, str] | None:
+    """Why a server-side approval does not approve this action now (code and message), in the
+    order the checks apply; ``None`` when it does."""
+    if evidence.status == "rejected":
+        return "APPROVAL_REJECTED", f"Approval `{approval_id}` was rejected"
+    if evidence.action_digest != digest:
+        return ("APPROVAL_SCOPE_MISMATCH",
+                f"Approval `{approval_id}` was granted for a different action "
+                "(its action digest differs from this request's)")
+    if evidence.status == "used":
+        return ("APPROVAL_EXPIRED",
+                f"Approval `{approval_id}` was already used for one execution; an approval "
+                "allows the action once")
+    if _expired(evidence, at):
+        return "APPROVAL_EXPIRED", f"Approval `{approval_id}` has expired"
+    if evidence.status != "approved":
+        return "APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is still pending"
+    return None
+
+
 def _check_server_approval(
     out: Findings,
     check: dict[str, object],
@@ -142,62 +181,54 @@ def _check_server_approval(
     digest: str,
     evidence: ApprovalEvidence | None,
 ) -> None:
+    """``rule``: what the deciding pack needs of the approval; ``None`` when the action needs
+    none (the approval is there only as a break-glass declaration)."""
     if evidence is None:
         out.add(
             "APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is not known to this server"
         )
         return
-    if evidence.status == "rejected":
-        out.add("APPROVAL_REJECTED", f"Approval `{approval_id}` was rejected")
-        return
-    if evidence.action_digest != digest:
-        out.add(
-            "APPROVAL_SCOPE_MISMATCH",
-            f"Approval `{approval_id}` was granted for a different action "
-            "(its action digest differs from this request's)",
-        )
-        return
-    if evidence.status == "used":
-        out.add("APPROVAL_EXPIRED",
-                f"Approval `{approval_id}` was already used for one execution; an approval "
-                "allows the action once")
-        return
-    expired = evidence.status == "expired" or (
-        evidence.expires_at is not None and at >= evidence.expires_at
-    )
-    if evidence.status == "approved" and evidence.execute_by is not None:
-        expired = expired or at > evidence.execute_by
-    if expired:
-        out.add("APPROVAL_EXPIRED", f"Approval `{approval_id}` has expired")
-        return
-    if evidence.status != "approved":
-        out.add("APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is still pending")
-        return
-    short = _weaker(evidence, rule) if rule is not None else []
+    problem = _unusable(evidence, approval_id, at, digest)
+    short = _weaker(evidence, rule) if problem is None and rule is not None else []
     if short:
-        out.add("APPROVAL_REQUIRED_PENDING",
-                f"Approval `{approval_id}` was granted under a weaker rule than policy "
-                f"`{policy.policy_version}` needs for this action ({'; '.join(short)}); "
-                "request a new approval")
+        problem = ("APPROVAL_REQUIRED_PENDING",
+                   f"Approval `{approval_id}` was granted under a weaker rule than policy "
+                   f"`{policy.policy_version}` needs for this action ({'; '.join(short)}); "
+                   "request a new approval")
+    if problem is not None:
+        out.add(*problem)
         return
-    if evidence.kind == "break_glass":
-        glass = policy.break_glass
-        refused = (f"break-glass is turned off in policy `{policy.policy_version}`"
-                   if glass is None else
-                   f"policy `{policy.policy_version}` requires break-glass MFA and it was "
-                   "declared without" if glass.mfa and not evidence.requires_mfa else None)
-        if refused is not None:
-            check["break_glass"] = {"approval_id": approval_id, "honoured": False,
-                                    "why": refused}
-            if rule is not None:
-                out.add("APPROVAL_REQUIRED_PENDING",
-                        f"Break-glass approval `{approval_id}` is not honoured: {refused}")
-            return
-        check["kind"] = "break_glass"
-        out.break_glass = evidence
+    if evidence.kind == "break_glass" and not _honour_break_glass(
+            out, check, policy, rule, approval_id, evidence):
+        return
     check["satisfied"] = True
     check["verified"] = True
     check["approvers"] = list(evidence.approvers)
+
+
+def _honour_break_glass(
+    out: Findings,
+    check: dict[str, object],
+    policy: CompiledPolicy,
+    rule: ApprovalRule | None,
+    approval_id: str,
+    evidence: ApprovalEvidence,
+) -> bool:
+    """Whether the pack honours a (valid) break-glass approval; records the outcome."""
+    glass = policy.break_glass
+    refused = (f"break-glass is turned off in policy `{policy.policy_version}`"
+               if glass is None else
+               f"policy `{policy.policy_version}` requires break-glass MFA and it was "
+               "declared without" if glass.mfa and not evidence.requires_mfa else None)
+    if refused is not None:
+        check["break_glass"] = {"approval_id": approval_id, "honoured": False, "why": refused}
+        if rule is not None:
+            out.add("APPROVAL_REQUIRED_PENDING",
+                    f"Break-glass approval `{approval_id}` is not honoured: {refused}")
+        return False
+    check["kind"] = "break_glass"
+    out.break_glass = evidence
+    return True
 
 
 def report_break_glass(out: Findings) -> None:

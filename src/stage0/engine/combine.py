@@ -1,40 +1,39 @@
 """The combining rule, as one truth table: DENY over DEFER over ALLOW, failing closed.
 
-| any issue of kind error | any effect DENY | any effect DEFER | verdict | decision |
-|-------------------------|-----------------|------------------|---------|----------|
-| yes                     | -               | -                | DENY    | ERROR    |
-| no                      | yes             | -                | DENY    | NO_GO    |
-| no                      | no              | yes              | DEFER   | DEFER    |
-| no                      | no              | no               | ALLOW   | GO       |
+The verdict follows the strictest effect among the issues (the ranking is
+:data:`stage0.contract.effects.EFFECT_RANK`; no issues at all is ``NONE``). An issue of kind
+``error`` means the evaluation itself failed, and the decision is ``ERROR`` whatever the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Final
 
 from stage0.contract.codes import ERROR_CODES
-from stage0.contract.issues import Issue
+from stage0.contract.effects import stricter
+from stage0.contract.issues import EffectName, Issue
 from stage0.contract.response import Decision, Verdict
+
+TABLE: Final[Mapping[tuple[bool, EffectName], tuple[Verdict, Decision]]] = MappingProxyType({
+    # (any issue of kind error, strictest effect): (verdict, decision)
+    (True, "DENY"): ("DENY", "ERROR"),
+    (True, "DEFER"): ("DENY", "ERROR"),
+    (True, "NONE"): ("DENY", "ERROR"),
+    (False, "DENY"): ("DENY", "NO_GO"),
+    (False, "DEFER"): ("DEFER", "DEFER"),
+    (False, "NONE"): ("ALLOW", "GO"),
+})
+"""Every row: each of the two flags' values with each effect."""
 
 
 def combine(issues: Iterable[Issue]) -> tuple[Verdict, Decision]:
-    deny = defer = error = False
+    """The verdict and decision for ``issues`` (the engine does the same in its one pass over
+    the issues, :func:`stage0.engine.respond.respond`)."""
+    error = False
+    strictest: EffectName = "NONE"
     for issue in issues:
-        if issue.code in ERROR_CODES:
-            error = True
-        if issue.effect == "DENY":
-            deny = True
-        elif issue.effect == "DEFER":
-            defer = True
-    return combine_flags(error, deny, defer)
-
-
-def combine_flags(error: bool, deny: bool, defer: bool) -> tuple[Verdict, Decision]:
-    """The table's rows, for a caller that has already looked at the issues."""
-    if error:
-        return "DENY", "ERROR"
-    if deny:
-        return "DENY", "NO_GO"
-    if defer:
-        return "DEFER", "DEFER"
-    return "ALLOW", "GO"
+        error = error or issue.code in ERROR_CODES
+        strictest = stricter(strictest, issue.effect)
+    return TABLE[error, strictest]

@@ -7,11 +7,11 @@ their intersection, windows and scopes must all hold.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stage0.contract.constraints import CONSTRAINT_KEYS
+from stage0.contract.constraints import CONSTRAINT_KEYS, ValueKind
 from stage0.policy.compiled import CompiledPolicy
 from stage0.policy.matching import normalize_name
 from stage0.policy.schema import parse_duration
@@ -66,6 +66,9 @@ class Guardrails:
     canonical_environments: frozenset[str] = frozenset()
     """``environments`` with the pack's production names folded to ``production``."""
     sorted_mcp_servers: tuple[str, ...] = ()
+    loop_limited: bool = False
+    """Whether any loop limit is set (``max_iterations``, ``timeout_seconds``,
+    ``same_tool_limit``, ``max_cost_usd``)."""
     requirements: dict[tuple[tuple[str, ...], bool], Any] = field(
         default_factory=dict, repr=False, compare=False)
     """Cache of :func:`stage0.engine.checks.requirements` for these guardrails, by bucket list
@@ -78,10 +81,6 @@ class Guardrails:
 
 def _names(value: str) -> frozenset[str]:
     return frozenset(normalize_name(v) for v in value.split(",") if v.strip())
-
-
-def _min(a: float | None, b: float) -> float:
-    return b if a is None else min(a, b)
 
 
 class ConstraintParser:
@@ -102,8 +101,7 @@ class ConstraintParser:
         return result
 
     def _parse(self, raw: str) -> Parsed | Invalid | None:
-        text = raw.strip()
-        key, sep, value_text = text.partition(":")
+        key, sep, value_text = raw.strip().partition(":")
         resolved = self._policy.resolve_alias(key)
         if resolved is None:
             return None
@@ -118,46 +116,15 @@ class ConstraintParser:
             elif low in _FALSE:
                 return Parsed(canon, False, f"{canon}: false")
         try:
-            if kind == "flag":
-                low = value.lower()
-                if low in _TRUE:
-                    return Parsed(canon, True, f"{canon}: true")
-                if low in _FALSE:
-                    return Parsed(canon, False, f"{canon}: false")
-                raise ValueError(f"`{canon}` takes true or false, got `{value}`")
-            if not value:
+            if kind != "flag" and not value:
                 raise ValueError(f"`{canon}` needs a value")
-            if kind in ("roles", "names"):
-                names = _names(value)
-                if not names:
-                    raise ValueError(f"`{canon}` needs at least one name")
-                return Parsed(canon, names, f"{canon}: {','.join(sorted(names))}")
-            if kind == "window":
-                name = normalize_name(value)
-                return Parsed(canon, name, f"{canon}: {name}")
-            if kind == "int":
-                number = int(value)
-                if not 0 <= number <= 2**53 - 1:
-                    raise ValueError(f"`{canon}` must be between 0 and 2**53 - 1, got `{value}`")
-                return Parsed(canon, number, f"{canon}: {number}")
-            if kind == "seconds":
-                seconds = parse_duration(value)
-                if not 0 <= seconds < float("inf"):
-                    raise ValueError(f"`{canon}` must be a finite duration, got `{value}`")
-                return Parsed(canon, seconds, f"{canon}: {seconds:g}")
-            if kind == "usd":
-                usd = float(value.lstrip("$").strip())
-                if not usd >= 0 or usd == float("inf"):
-                    raise ValueError(f"`{canon}` must be a non-negative amount, got `{value}`")
-                return Parsed(canon, usd, f"{canon}: {usd:g}")
-            if kind == "glob":
-                return Parsed(canon, value, f"{canon}: {value}")
-            return Parsed(canon, value, f"{canon}: {value}")
+            typed, shown = _VALUE_PARSERS[kind](canon, value)
         except ValueError as exc:
             message = str(exc)
             if not message.startswith("`"):
                 message = f"`{canon}` has an invalid value `{value}`"
             return Invalid(raw, message)
+        return Parsed(canon, typed, f"{canon}: {shown}")
 
     def parse(self, constraints: list[str]) -> Guardrails:
         """Guardrails for a constraint list; cached per list, so treat the result as read-only."""
@@ -196,49 +163,121 @@ class ConstraintParser:
                 "production" if e in production else e for e in g.environments)
         if g.mcp_servers is not None:
             g.sorted_mcp_servers = tuple(sorted(g.mcp_servers))
+        g.loop_limited = (g.max_iterations is not None or g.timeout_seconds is not None
+                          or g.same_tool_limit is not None or g.max_cost_usd is not None)
         return g
 
 
+# -- values: each kind's parser gives the typed value and its display form, or raises ValueError
+
+def _flag(canon: str, value: str) -> tuple[bool, str]:
+    low = value.lower()
+    if low in _TRUE:
+        return True, "true"
+    if low in _FALSE:
+        return False, "false"
+    raise ValueError(f"`{canon}` takes true or false, got `{value}`")
+
+
+def _name_set(canon: str, value: str) -> tuple[frozenset[str], str]:
+    names = _names(value)
+    if not names:
+        raise ValueError(f"`{canon}` needs at least one name")
+    return names, ",".join(sorted(names))
+
+
+def _window(canon: str, value: str) -> tuple[str, str]:
+    name = normalize_name(value)
+    return name, name
+
+
+def _int(canon: str, value: str) -> tuple[int, str]:
+    number = int(value)
+    if not 0 <= number <= 2**53 - 1:
+        raise ValueError(f"`{canon}` must be between 0 and 2**53 - 1, got `{value}`")
+    return number, str(number)
+
+
+def _seconds(canon: str, value: str) -> tuple[float, str]:
+    seconds = parse_duration(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"`{canon}` must be a finite duration, got `{value}`")
+    return seconds, f"{seconds:g}"
+
+
+def _usd(canon: str, value: str) -> tuple[float, str]:
+    usd = float(value.lstrip("$").strip())
+    if not usd >= 0 or usd == float("inf"):
+        raise ValueError(f"`{canon}` must be a non-negative amount, got `{value}`")
+    return usd, f"{usd:g}"
+
+
+def _text(canon: str, value: str) -> tuple[str, str]:
+    return value, value
+
+
+_VALUE_PARSERS: dict[ValueKind, Callable[[str, str], tuple[object, str]]] = {
+    "flag": _flag,
+    "roles": _name_set,
+    "names": _name_set,
+    "window": _window,
+    "int": _int,
+    "seconds": _seconds,
+    "usd": _usd,
+    "glob": _text,
+    "text": _text,
+}
+
+
+# -- combining: several constraints of one family give the tightest guardrail
+
+def _either(held: bool, new: object) -> bool:
+    return held or bool(new)
+
+
+def _intersection(held: frozenset[str] | None, new: frozenset[str]) -> frozenset[str]:
+    return new if held is None else held & new
+
+
+def _least(held: float | None, new: float) -> float:
+    return new if held is None else min(held, new)
+
+
+def _all_of(held: list[str], new: str) -> list[str]:
+    held.append(new)
+    return held
+
+
+def _all_distinct(held: list[str], new: str) -> list[str]:
+    if new not in held:
+        held.append(new)
+    return held
+
+
+_COMBINE: dict[str, tuple[str, Callable[[Any, Any], object]]] = {
+    # canonical key: (Guardrails field, how a further constraint combines with it)
+    "require_approval": ("require_approval", _either),
+    "required_role": ("roles", _intersection),
+    "allowed_environment": ("environments", _intersection),
+    "allowed_mcp_servers": ("mcp_servers", _intersection),
+    "allowed_change_window": ("windows", _all_distinct),
+    "rollback_plan_required": ("rollback", _either),
+    "mfa_required": ("mfa", _either),
+    "require_ticket": ("ticket", _either),
+    "max_records": ("max_records", _least),
+    "resource_scope": ("scopes", _all_of),
+    "max_iterations": ("max_iterations", _least),
+    "timeout_seconds": ("timeout_seconds", _least),
+    "same_tool_limit": ("same_tool_limit", _least),
+    "max_cost_usd": ("max_cost_usd", _least),
+    "read_only": ("read_only", _either),
+    # `sandbox`, `dry_run` and `allowlist` set no field: they are guardrails all the same
+    # (SIDE_EFFECTS_NEED_GUARDRAILS) and may clear sensitive tools (`sensitive_cleared_by`).
+}
+
+
 def _apply(g: Guardrails, p: Parsed) -> None:
-    key, value = p.key, p.value
-    if key == "require_approval":
-        g.require_approval = g.require_approval or bool(value)
-    elif key == "required_role":
-        assert isinstance(value, frozenset)
-        g.roles = value if g.roles is None else g.roles & value
-    elif key == "allowed_environment":
-        assert isinstance(value, frozenset)
-        g.environments = value if g.environments is None else g.environments & value
-    elif key == "allowed_mcp_servers":
-        assert isinstance(value, frozenset)
-        g.mcp_servers = value if g.mcp_servers is None else g.mcp_servers & value
-    elif key == "allowed_change_window":
-        assert isinstance(value, str)
-        if value not in g.windows:
-            g.windows.append(value)
-    elif key == "rollback_plan_required":
-        g.rollback = g.rollback or bool(value)
-    elif key == "mfa_required":
-        g.mfa = g.mfa or bool(value)
-    elif key == "require_ticket":
-        g.ticket = g.ticket or bool(value)
-    elif key == "max_records":
-        assert isinstance(value, int)
-        g.max_records = value if g.max_records is None else min(g.max_records, value)
-    elif key == "resource_scope":
-        assert isinstance(value, str)
-        g.scopes.append(value)
-    elif key == "max_iterations":
-        assert isinstance(value, int)
-        g.max_iterations = value if g.max_iterations is None else min(g.max_iterations, value)
-    elif key == "timeout_seconds":
-        assert isinstance(value, float)
-        g.timeout_seconds = _min(g.timeout_seconds, value)
-    elif key == "same_tool_limit":
-        assert isinstance(value, int)
-        g.same_tool_limit = value if g.same_tool_limit is None else min(g.same_tool_limit, value)
-    elif key == "max_cost_usd":
-        assert isinstance(value, float)
-        g.max_cost_usd = _min(g.max_cost_usd, value)
-    elif key == "read_only":
-        g.read_only = g.read_only or bool(value)
+    rule = _COMBINE.get(p.key)
+    if rule is not None:
+        name, combine = rule
+        setattr(g, name, combine(getattr(g, name), p.value))

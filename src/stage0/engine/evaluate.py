@@ -15,25 +15,24 @@ from typing import Any
 
 import orjson
 
-from stage0.contract.codes import CODES, ERROR_CODES
+from stage0.contract.codes import CODES
+from stage0.contract.effects import is_stricter_verdict
 from stage0.contract.request import CheckRequest, parse_request
 from stage0.engine import checks
 from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
-from stage0.engine.combine import combine_flags
 from stage0.engine.constraints import ConstraintParser
 from stage0.engine.digest import canonical_json, sha256_hex, sorted_action_digest
 from stage0.engine.facts import Classifier, Facts, derive_facts
 from stage0.engine.findings import Findings
 from stage0.engine.loops import check_loops
+from stage0.engine.respond import failed, respond
+from stage0.engine.rules import check_custom_rules
 from stage0.engine.runstate import RunState
 from stage0.policy.compiled import CompiledPolicy
 from stage0.policy.packset import PackSet
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
-
-
-_STRICTNESS = {"ALLOW": 0, "DEFER": 1, "DENY": 2}
 
 
 def system_clock() -> datetime:
@@ -206,7 +205,7 @@ class Engine:
         self._ceiling._pinned_from = version
         ceiling = self._ceiling.evaluate(request, at=at, request_id=decision.request_id,
                                          tenant=tenant, input_sha256=input_sha256)
-        if _STRICTNESS[ceiling.verdict] > _STRICTNESS[decision.verdict]:
+        if is_stricter_verdict(ceiling.verdict, decision.verdict):
             return ceiling
         return decision
 
@@ -242,34 +241,16 @@ class Engine:
         input_sha256: str,
     ) -> dict[str, Any]:
         classify = self._classify
-        f = derive_facts(
-            request,
-            policy,
-            at=at,
-            tenant=tenant,
-            classification=classify(request) if classify is not None else None,
-            classifier=classify,
+        f = derive_facts(  # positional: keyword arguments cost time on every decision
+            request, policy, at, tenant, classify(request) if classify is not None else None,
+            classify,
         )
         ctx = f.context
         digest = _digest_of(request, f)
         out = Findings(f.pro)
         pin = request.policy_pack_version
-        if self._pinned_from is not None:
-            out.add(
-                "POLICY_PIN_TIGHTENED",
-                f"The request pins `{self._pinned_from}`; the active `{policy.policy_version}` "
-                "is stricter for this action and decides it",
-            )
-        elif pin is not None and pin.strip() not in (policy.policy_version, policy.version):
-            held = self._packs.versions if self._packs is not None else [policy.policy_version]
-            ambiguous = self._packs is not None and len(self._packs.matches(pin)) > 1
-            out.add(
-                "POLICY_VERSION_UNKNOWN",
-                (f"Policy version `{pin.strip()}` is ambiguous (several packs have it); pin "
-                 "`name@version`. This server has " if ambiguous else
-                 f"Policy version `{pin}` is not available; this server has ")
-                + ", ".join(f"`{v}`" for v in held),
-            )
+        if pin is not None or self._pinned_from is not None:
+            self._check_pin(out, pin, policy)
 
         constraints = request.constraints or []
         g = parser.parse(constraints)
@@ -279,7 +260,7 @@ class Engine:
         # guardrail or requirement) writes nothing, so it is not called at all: the guards below
         # are the checks' own first lines, here to save a call per check on every decision.
         checks.check_constraints_valid(out, g)
-        checks.check_side_effects(out, f, g, constraints_empty=not constraints)
+        checks.check_side_effects(out, f, g, not constraints)  # constraints_empty
         if f.sensitive_tools:
             checks.check_sensitive_tools(out, f, g)
         check_approval(  # positional: keyword arguments cost a microsecond here
@@ -309,13 +290,32 @@ class Engine:
         cost_estimate = check_loops(out, f, g, self.run_state)
         checks.check_task_clarity(out, f, self._goal_problems(request.goal, policy))
         if policy.rules:
-            _custom_rules(out, f, policy, constraints)  # indexed by tool and bucket
+            check_custom_rules(out, f, policy, constraints)
         report_break_glass(out)
 
-        return _respond(
+        return respond(
             out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate,
             self._version,
         )
+
+    def _check_pin(self, out: Findings, pin: str | None, policy: CompiledPolicy) -> None:
+        """``policy_pack_version`` that this (active) pack does not answer to."""
+        if self._pinned_from is not None:
+            out.add(
+                "POLICY_PIN_TIGHTENED",
+                f"The request pins `{self._pinned_from}`; the active `{policy.policy_version}` "
+                "is stricter for this action and decides it",
+            )
+        elif pin is not None and pin.strip() not in (policy.policy_version, policy.version):
+            held = self._packs.versions if self._packs is not None else [policy.policy_version]
+            ambiguous = self._packs is not None and len(self._packs.matches(pin)) > 1
+            out.add(
+                "POLICY_VERSION_UNKNOWN",
+                (f"Policy version `{pin.strip()}` is ambiguous (several packs have it); pin "
+                 "`name@version`. This server has " if ambiguous else
+                 f"Policy version `{pin}` is not available; this server has ")
+                + ", ".join(f"`{v}`" for v in held),
+            )
 
     def _failed(
         self,
@@ -328,39 +328,7 @@ class Engine:
         message: str | None,
     ) -> Decision:
         issue = CODES[code].issue(message)
-        policy = self.policy
-        version = policy.policy_version if policy is not None else "none"
-        ctx_env = request.context.environment if request.context is not None else None
-        return Decision(
-            {
-                "verdict": "DENY",
-                "decision": "ERROR",
-                "request_id": rid,
-                "policy_version": version,
-                "policy_pack_version": version,
-                "issues": [issue.to_dict()],
-                "reason": f"{issue.code}: {issue.message}",
-                "risk_score": 100,
-                "high_risk": True,
-                "clarifying_questions": [],
-                "defer_questions": [],
-                "guardrails": [],
-                "guardrail_checks": {"unrecognized_constraints": []},
-                "value_findings": [],
-                "cost_estimate": None,
-                "decision_trace_summary": f"DENY/ERROR: failed closed ({issue.code})",
-                "timestamp": now.timestamp(),
-                "evaluated_at": at.timestamp(),
-                "cached": False,
-                "environment": ctx_env if ctx_env is not None else request.environment,
-                "action_digest": "",
-                "input_sha256": input_sha256,
-                "policy_sha256": policy.sha256 if policy is not None else "",
-                "buckets": [],
-                "ignored_fields": request.unknown_fields,
-                "shadow_issues": [],
-            }
-        )
+        return Decision(failed(request, self.policy, rid, now, at, input_sha256, issue))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -382,150 +350,3 @@ def _mapping_sha256(body: dict[str, Any]) -> str:
         return sha256_hex(canonical_json(body))
     except (ValueError, TypeError):
         return sha256_hex(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
-
-
-def _custom_rules(
-    out: Findings, f: Facts, policy: CompiledPolicy, constraints: list[str]
-) -> None:
-    data: dict[str, Any] | None = None
-    ctx = f.context
-    for rule in policy.rules_for(f.tools, f.buckets):
-        missing = False
-        for key in rule.when_context:  # a loop, not all(<generator>): this runs per rule
-            if getattr(ctx, key, None) is None:
-                missing = True
-                break
-        if missing:
-            continue
-        if data is None:
-            data = {
-                "goal": f.request.goal,
-                "tools": list(f.tools),
-                "side_effects": list(f.side_effects),
-                "constraints": constraints,
-                "buckets": list(f.buckets),
-                "environment": f.environment,
-                "pro": f.pro,
-                "context": ctx.model_dump(mode="json", exclude_none=True),
-                "arguments": f.request.arguments or {},
-                "now": f.at,
-                "tenant": f.tenant,
-            }
-        if rule.shadow:
-            try:
-                fired = rule.evaluate(data)
-            except Exception as exc:  # noqa: BLE001 - a shadow rule never decides, even failing
-                out.shadow.append({"code": rule.spec.code, "error": str(exc)[:300]})
-                continue
-            if fired:
-                out.shadow.append(rule.spec.issue(pro=f.pro).to_dict())
-            continue
-        if rule.evaluate(data):
-            out.add_spec(rule.spec)
-
-
-def _respond(
-    out: Findings,
-    f: Facts,
-    policy: CompiledPolicy,
-    rid: str,
-    now: datetime,
-    at: datetime,
-    input_sha256: str,
-    digest: str,
-    guardrails: list[str],
-    cost_estimate: dict[str, Any] | None,
-    version: str,
-) -> dict[str, Any]:
-    """The response body. ``cost_estimate`` is the loop check's own fresh mapping."""
-    issues = out.issues
-    specs = out.specs
-    # One pass over the issues: their JSON form, the reason, the trace's codes by effect, the
-    # questions (a spec's question goes with its issue's effect: DEFER, or NONE for clarifying)
-    # and the flags of the combining table.
-    issue_dicts: list[dict[str, str]] = []
-    reasons: list[str] = []
-    deny: list[str] = []
-    defer: list[str] = []
-    advisory: list[str] = []
-    defer_questions: list[str] = []
-    clarifying: list[str] = []
-    error = False
-    for n, i in enumerate(issues):
-        code = i.code
-        message = i.message
-        effect = i.effect
-        issue_dicts.append({"code": code, "severity": i.severity, "message": message,
-                            "effect": effect, "remediation": i.remediation})
-        reasons.append(f"{code}: {message}")
-        if code in ERROR_CODES:
-            error = True
-        if effect == "DENY":
-            deny.append(code)
-        elif effect == "DEFER":
-            defer.append(code)
-            question = specs[n].question
-            if question is not None:
-                defer_questions.append(question)
-        elif effect == "NONE":
-            advisory.append(code)
-            question = specs[n].question
-            if question is not None:
-                clarifying.append(question)
-        else:
-            raise KeyError(effect)
-    verdict, decision = combine_flags(error, bool(deny), bool(defer))
-    # Risk, deterministic 0..100: the names' base risk (buckets, write-class effects, sensitive
-    # tools, see :func:`~stage0.engine.facts.classify`) plus missing guardrails and production.
-    risk = f.base_risk
-    if f.write_effects and not guardrails:
-        risk += policy.risk.missing_guardrails
-    if f.is_production:
-        risk += policy.risk.production_environment
-    risk = 0 if risk < 0 else 100 if risk > 100 else risk
-    if out.clarifying:
-        clarifying.extend(out.clarifying)
-    trace = [f"{verdict}/{decision} under {version}"]
-    if deny:
-        trace.append("deny: " + ", ".join(deny))
-    if defer:
-        trace.append("defer: " + ", ".join(defer))
-    if advisory:
-        trace.append("advisory: " + ", ".join(advisory))
-    buckets = f.buckets
-    if buckets:
-        trace.append("buckets: " + ", ".join(buckets))
-    trace.append(f"risk {risk}")
-    checks = out.checks
-    if "approval" not in checks:
-        checks["approval"] = {"required": False, "satisfied": True, "verified": False}
-    extra = f.request.__pydantic_extra__
-    return {
-        "verdict": verdict,
-        "decision": decision,
-        "request_id": rid,
-        "policy_version": version,
-        "policy_pack_version": version,
-        "issues": issue_dicts,
-        "reason": "; ".join(reasons) if issues else f"All checks passed under {version}",
-        "risk_score": risk,
-        "high_risk": bool(buckets) or risk >= policy.risk.high_risk_threshold,
-        "clarifying_questions": list(dict.fromkeys(clarifying)) if clarifying else clarifying,
-        "defer_questions": (list(dict.fromkeys(defer_questions)) if defer_questions
-                            else defer_questions),
-        "guardrails": list(guardrails),
-        "guardrail_checks": checks,
-        "value_findings": out.value_findings,
-        "cost_estimate": cost_estimate,
-        "decision_trace_summary": "; ".join(trace),
-        "timestamp": now.timestamp(),
-        "evaluated_at": at.timestamp(),
-        "cached": False,
-        "environment": f.environment,
-        "action_digest": digest,
-        "input_sha256": input_sha256,
-        "policy_sha256": policy.sha256,
-        "buckets": list(buckets),
-        "ignored_fields": sorted(extra) if extra else [],
-        "shadow_issues": out.shadow,
-    }

@@ -123,7 +123,6 @@ def _environment(environment: str, policy: CompiledPolicy) -> tuple[str | None, 
 def derive_facts(
     request: CheckRequest,
     policy: CompiledPolicy,
-    *,
     at: datetime,
     tenant: str,
     classification: Classification | None = None,

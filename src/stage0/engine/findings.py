@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from stage0.contract.codes import CODES, CodeSpec
+from stage0.contract.effects import is_stricter
 from stage0.contract.issues import Issue
-
-_RANK = {"NONE": 0, "DEFER": 1, "DENY": 2}
 
 
 class Findings:
@@ -54,7 +53,7 @@ class Findings:
         code = issue.code
         i = self._at.get(code)
         if i is not None:
-            if _RANK[issue.effect] > _RANK[self.issues[i].effect]:
+            if is_stricter(issue.effect, self.issues[i].effect):  # one per code: the strictest
                 self.issues[i] = issue
             return
         self._at[code] = len(self.issues)

@@ -20,7 +20,8 @@ separator, the character set and the length limit), and gates every ``tools/call
   granted, the same call again goes through: the gateway finds the granted approval for the same
   action and checks again with its id.
 
-Needs the optional dependency group ``stage0-authz[mcp]``; the core package never imports this module.
+Needs the optional dependency group ``stage0-authz[mcp]``; the core package never imports this
+module.
 """
 
 from __future__ import annotations
