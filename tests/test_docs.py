@@ -105,7 +105,7 @@ def test_every_constraint_key_and_alias_is_documented(key: str) -> None:
 
 
 def test_every_route_is_documented() -> None:
-    from stage0.server.app import create_app  # noqa: PLC0415 - only this test needs it
+    from stage0.app import create_app  # noqa: PLC0415 - only this test needs it
 
     text = (DOCS / "http.md").read_text("utf-8")
     for route in create_app().routes:

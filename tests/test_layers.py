@@ -2,7 +2,9 @@
 
 contract < policy < engine < store < lifecycle, each importing only those before it; the
 entry points on top (server, console, cli, sdk, integrations, testing, and the root modules) may
-import anything. Every import counts: at module level, inside functions, under TYPE_CHECKING.
+import anything — except that the server never imports the console (the console builds on the
+server; ``stage0.app`` mounts one on the other). Every import counts: at module level, inside
+functions, under TYPE_CHECKING.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "store": frozenset({"contract", "policy", "engine"}),
     "lifecycle": frozenset({"contract", "policy", "engine", "store"}),
 }
-TOP = frozenset({"server", "console", "cli", "sdk", "integrations", "testing",
+TOP = frozenset({"server", "console", "cli", "sdk", "integrations", "testing", "app",
                  "__init__", "__main__"})
 
 
@@ -91,3 +93,11 @@ def test_the_walk_sees_the_imports_it_checks() -> None:
     assert "policy" in imports["engine"]
     assert "lifecycle" in imports["cli"]
     assert "sdk" in imports["__init__"]  # a lazy `from stage0 import sdk`, inside a function
+
+
+def test_the_server_does_not_import_the_console() -> None:
+    imports = _imports()
+    assert "console" not in imports["server"], (
+        f"stage0.server imports stage0.console: {sorted(imports['server']['console'])}")
+    assert "server" in imports["console"]  # the console builds on the server's state and jobs
+    assert {"server", "console"} <= set(imports["app"])  # the assembly of both

@@ -325,7 +325,7 @@ def test_with_the_local_engine() -> None:
 
 def test_the_core_package_does_not_import_langgraph() -> None:
     code = ("import sys, stage0, stage0.sdk, stage0.integrations, stage0.cli.main, "
-            "stage0.server.app; print(sorted(m for m in sys.modules if m.startswith('lang')))")
+            "stage0.app; print(sorted(m for m in sys.modules if m.startswith('lang')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

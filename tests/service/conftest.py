@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from stage0.server.app import Settings, create_app
+from stage0.app import Settings, create_app
 from stage0.store import Store
 from stage0.store.keys import create_key
 

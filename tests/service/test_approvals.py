@@ -405,7 +405,8 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
     from stage0.contract.request import parse_instant  # noqa: PLC0415
     from stage0.policy import load_policy  # noqa: PLC0415
     from stage0.server.jobs import Job  # noqa: PLC0415
-    from stage0.server.pipeline import PREFETCH_FROM, Pipeline  # noqa: PLC0415
+    from stage0.server.readahead import PREFETCH_FROM  # noqa: PLC0415
+    from stage0.server.writer import Writer  # noqa: PLC0415
     from stage0.store.signing import ensure_signing_key  # noqa: PLC0415
 
     ensure_signing_key(store)
@@ -414,13 +415,13 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
     _, approver = create_key(store, tenant="default", name="erin", scopes=["approve"],
                              plan="pro", unlimited=True, principal="erin")
     frozen = parse_instant(T0)
-    pipeline = Pipeline(store, load_policy(), clock=lambda: frozen)
+    writer = Writer(store, load_policy(), clock=lambda: frozen)
     bodies = [orjson.dumps({**PAYOUT, "arguments": {**PAYOUT["arguments"], "amount": n}})
               for n in (100, 200, 300)]
 
     def run(jobs: list[Job]) -> list[dict[str, Any]]:
         return [orjson.loads(o.body) if isinstance(o.body, bytes) else o.body
-                for o in pipeline._process(jobs)]
+                for o in writer.process(jobs)]
 
     def checks(n: int) -> list[Job]:
         return [Job(secret=agent, raw=bodies[i % 3], request=parse_request(bodies[i % 3]),
@@ -433,18 +434,11 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
         ids = [b["approval"]["approval_id"] for b in first]
         assert len(set(ids)) == 3
         assert ids[:3] == ids[3:6]  # the same action reuses its request within the batch
-        fetched: list[str] = []
-        real_fetch = pipeline.approvals._fetch
-
-        def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
-            fetched.append(sql)
-            return real_fetch(sql, *args, **kwargs)
-
-        pipeline.approvals._fetch = counted  # type: ignore[method-assign]
+        opened = writer.approvals.reads.get("open", 0)
         again = run(checks(8))
-        pipeline.approvals._fetch = real_fetch  # type: ignore[method-assign]
         assert [b["approval"]["approval_id"] for b in again] == ids  # and across batches
-        assert "open" not in fetched  # all three came from the batch's one prefetch query
+        # all three came from the batch's one prefetch query, none from a read of its own
+        assert writer.approvals.reads.get("open", 0) == opened
         vote = {"approval_id": ids[0], "reason": "ok", "totp": None}
         run([Job(secret=approver, raw=orjson.dumps(vote), request=None, invalid=None,
                  request_id=str(uuid.uuid4()), client_request_id=False,
@@ -468,4 +462,41 @@ def test_a_batch_reads_its_open_approval_requests_in_one_query(store: Store) -> 
         counted = [b["guardrail_checks"]["loop"]["iteration"] for b in run(run_jobs())]
         assert counted == [5, 5, 6, 6, 7, 7, 8, 8]
     finally:
-        pipeline.close()
+        writer.close()
+
+
+def test_the_writer_takes_its_clock_and_ids_from_its_constructor(store: Store) -> None:
+    """Events and sweeps get their ids and instants from the writer's clock and id factory
+    (``stage0.testing``'s ``FixedClock`` and ``SequentialIds`` make them reproducible)."""
+    import time  # noqa: PLC0415
+
+    from stage0.contract import parse_request  # noqa: PLC0415
+    from stage0.policy import load_policy  # noqa: PLC0415
+    from stage0.server.jobs import Job  # noqa: PLC0415
+    from stage0.server.writer import Writer  # noqa: PLC0415
+    from stage0.store.signing import ensure_signing_key  # noqa: PLC0415
+    from stage0.testing import FixedClock, SequentialIds  # noqa: PLC0415
+
+    ensure_signing_key(store)
+    _, agent = create_key(store, tenant="default", name="agent", scopes=["check"], plan="pro",
+                          unlimited=True, principal="agent-7")
+    clock, ids = FixedClock(T0), SequentialIds()
+    writer = Writer(store, load_policy(), clock=clock, ids=ids, wall_clock=clock)
+    body = orjson.dumps(PAYOUT)
+    try:
+        [outcome] = writer.process([Job(
+            secret=agent, raw=body, request=parse_request(body), invalid=None,
+            request_id="req-1", client_request_id=True, started=time.perf_counter())])
+        assert isinstance(outcome.body, bytes)
+        assert orjson.loads(outcome.body)["verdict"] == "DEFER"
+        [created], _ = ledger.search(store, "default", kind="approval.created")
+        assert created["request_id"] == "00000000-0000-4000-8000-000000000001"
+        assert created["created_at"] == clock().timestamp()
+        clock.advance(3 * 86400)  # past the request's expiry
+        assert writer.sweep().result(timeout=30).body == {"expired": 1}
+        [expired], _ = ledger.search(store, "default", kind="approval.expired")
+        # the sweep's own request id was the second id, the event's the third
+        assert expired["request_id"] == "00000000-0000-4000-8000-000000000003"
+        assert expired["created_at"] == clock().timestamp()
+    finally:
+        writer.close()

@@ -1,12 +1,13 @@
-"""Decisions made before the writer takes the lock (``Pipeline._decide_early``): for a known key
-and a check that needs no stored state, the answer is the one the transaction would give; a check
-with a ``run_id`` or an ``approval_id``, an unknown key, or a key of another tenant is decided
-inside the transaction as before."""
+"""Decisions made before the writer takes the lock (``stage0.server.handlers.early``): for a
+known key and a check that needs no stored state, the answer is the one the transaction would
+give; a check with a ``run_id`` or an ``approval_id``, an unknown key, or a key of another
+tenant is decided inside the transaction as before."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +17,9 @@ import pytest
 from stage0.contract import parse_request
 from stage0.engine import Engine
 from stage0.policy import load_policy
-from stage0.server import pipeline as pipeline_module
-from stage0.server.pipeline import _StateProbe
+from stage0.server.handlers.early import StateProbe
+from stage0.server.state import state_of
+from stage0.server.writer import Writer
 from stage0.store import ledger
 from stage0.store.keys import list_keys, revoke_key
 from stage0.store.signing import Keyring
@@ -26,42 +28,22 @@ from tests.helpers import request
 from tests.service.conftest import Api
 
 
-def _pipeline(api: Api) -> pipeline_module.Pipeline:
-    pipeline: pipeline_module.Pipeline = api.client.app.state.stage0["pipeline"]
+def _pipeline(api: Api) -> Writer:
+    pipeline: Writer = state_of(api.client.app).pipeline
     return pipeline
 
 
-def _count_evaluations(pipeline: pipeline_module.Pipeline,
-                       monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    counts = {"early": 0, "locked": 0}
-    early, locked = pipeline._early_engine.evaluate, pipeline.engine.evaluate
-
-    def early_counted(*a: Any, **k: Any) -> Any:
-        counts["early"] += 1
-        return early(*a, **k)
-
-    def locked_counted(*a: Any, **k: Any) -> Any:
-        counts["locked"] += 1
-        return locked(*a, **k)
-
-    monkeypatch.setattr(pipeline._early_engine, "evaluate", early_counted)
-    monkeypatch.setattr(pipeline.engine, "evaluate", locked_counted)
-    return counts
+def _count_evaluations(writer: Writer) -> Callable[[], dict[str, int]]:
+    """The checks the writer evaluates from now on: before the lock, and inside."""
+    early, locked = writer.stats.early_evaluations, writer.stats.locked_evaluations
+    return lambda: {"early": writer.stats.early_evaluations - early,
+                    "locked": writer.stats.locked_evaluations - locked}
 
 
-def _count_joins(pipeline: pipeline_module.Pipeline,
-                 monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many checks joined each batch late (``Pipeline._join_late``), one entry a batch."""
-    joined: list[int] = []
-    real = pipeline._join_late
-
-    def spy(conn: Any, batch: list[Any], state: Any) -> None:
-        before = len(batch)
-        real(conn, batch, state)
-        joined.append(len(batch) - before)
-
-    monkeypatch.setattr(pipeline, "_join_late", spy)
-    return joined
+def _count_joins(writer: Writer) -> Callable[[], int]:
+    """How many checks join a waiting batch late from now on (``readahead.join_late``)."""
+    before = writer.stats.late_joins
+    return lambda: writer.stats.late_joins - before
 
 
 def _comparable(body: dict[str, Any]) -> dict[str, Any]:
@@ -73,19 +55,18 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.path.stem for e in EXAMPLES])
-def test_an_early_decision_is_the_one_the_transaction_gives(
-        api: Api, example: Example, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_early_decision_is_the_one_the_transaction_gives(api: Api, example: Example) -> None:
     body = example.request
     ctx = body.get("context") or {}
     stateful = bool(ctx.get("run_id") or ctx.get("approval_id"))
     pipeline = _pipeline(api)
-    pipeline._known.clear()
-    counts = _count_evaluations(pipeline, monkeypatch)
+    pipeline.known.clear()
+    counts = _count_evaluations(pipeline)
     first = api.check(body)  # the key is not known yet: decided inside the transaction
-    assert counts == {"early": 0, "locked": 1}
+    assert counts() == {"early": 0, "locked": 1}
     second = api.check(body)
     assert first.status_code == second.status_code == 200
-    assert counts == ({"early": 0, "locked": 2} if stateful else {"early": 1, "locked": 1})
+    assert counts() == ({"early": 0, "locked": 2} if stateful else {"early": 1, "locked": 1})
     if not stateful:
         assert _comparable(second.json()) == _comparable(first.json())
         logged = api.client.get(f"/v1/decisions/{second.json()['request_id']}",
@@ -94,13 +75,12 @@ def test_an_early_decision_is_the_one_the_transaction_gives(
         assert logged.json()["response"] == second.json()
 
 
-def test_an_early_allow_carries_a_valid_token_for_its_tenant(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_early_allow_carries_a_valid_token_for_its_tenant(api: Api) -> None:
     body = next(e for e in EXAMPLES if e.path.stem == "protected-request").request
-    counts = _count_evaluations(_pipeline(api), monkeypatch)
+    counts = _count_evaluations(_pipeline(api))
     api.check(body)
     answer = api.check(body).json()
-    assert counts["early"] == 1
+    assert counts()["early"] == 1
     assert answer["verdict"] == "ALLOW"
     frozen = datetime(2026, 3, 17, 10, tzinfo=UTC).timestamp()  # the app's frozen clock
     claims = Keyring(api.store).verify(answer["execution_token"], frozen)
@@ -110,32 +90,30 @@ def test_an_early_allow_carries_a_valid_token_for_its_tenant(
     assert claims["approval_verified"] is False
 
 
-def test_a_key_of_another_tenant_is_decided_inside(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_key_of_another_tenant_is_decided_inside(api: Api) -> None:
     pipeline = _pipeline(api)
     other = api.new_key(tenant="other")
     assert api.check(request(), key=other).status_code == 200
-    secret_hash, (_, key_id) = next(iter(pipeline._known.items()))
-    pipeline._known[secret_hash] = ("someone-else", key_id)  # what the writer expected is wrong
-    counts = _count_evaluations(pipeline, monkeypatch)
+    secret_hash, (_, key_id) = next(iter(pipeline.known.items()))
+    pipeline.known[secret_hash] = ("someone-else", key_id)  # what the writer expected is wrong
+    counts = _count_evaluations(pipeline)
     answer = api.check(request(), key=other)
     assert answer.status_code == 200
-    assert counts == {"early": 1, "locked": 1}  # the early one was dropped
+    assert counts() == {"early": 1, "locked": 1}  # the early one was dropped
     assert answer.json()["verdict"] == "ALLOW"
 
 
-def test_a_revoked_key_gets_401_even_with_an_early_decision(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_revoked_key_gets_401_even_with_an_early_decision(api: Api) -> None:
     key = api.new_key()
     assert api.check(request(), key=key).status_code == 200
     key_id = next(k.id for k in list_keys(api.store) if key.startswith(k.prefix))
     revoke_key(api.store, key_id)
     assert api.check(request(), key=key).status_code == 401
-    assert all(known[1] != key_id for known in _pipeline(api)._known.values())
+    assert all(known[1] != key_id for known in _pipeline(api).known.values())
 
 
 def test_the_probe_drops_any_decision_that_asks_for_state() -> None:
-    probe = _StateProbe()
+    probe = StateProbe()
     engine = Engine(load_policy(None), run_state=probe, approvals=probe)
     body = {**request(), "context": {"run_id": "run-1"}}
     engine.evaluate(parse_request(json.dumps(body).encode()))
@@ -145,14 +123,13 @@ def test_the_probe_drops_any_decision_that_asks_for_state() -> None:
     assert not probe.touched
 
 
-def test_an_early_decision_too_old_is_made_again(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline_module, "EARLY_MAX_AGE_S", -1.0)  # every one is too old
+def test_an_early_decision_too_old_is_made_again(api: Api) -> None:
     pipeline = _pipeline(api)
+    pipeline.early.max_age_s = -1.0  # every one is too old
     api.check(request())
-    counts = _count_evaluations(pipeline, monkeypatch)
+    counts = _count_evaluations(pipeline)
     assert api.check(request()).json()["verdict"] == "ALLOW"
-    assert counts == {"early": 1, "locked": 1}
+    assert counts() == {"early": 1, "locked": 1}
 
 
 def test_a_usage_window_never_moves_backwards(api: Api) -> None:
@@ -171,15 +148,14 @@ def test_a_usage_window_never_moves_backwards(api: Api) -> None:
     assert tuple(row) == ("2026-03-17T10:01", 501, 601, 701)
 
 
-def test_checks_queued_during_a_lock_wait_join_the_batch(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checks_queued_during_a_lock_wait_join_the_batch(api: Api) -> None:
     """PostgreSQL: while a batch waits for its tenant's lock, what queues behind it joins it
     (same key, same tenant) and is answered, logged and chained like the rest."""
     if api.store.dialect != "postgresql":
         pytest.skip("the writer gathers under the lock on SQLite already")
     pipeline = _pipeline(api)
     assert api.check(request()).status_code == 200  # the key is known; its tenant too
-    joined = _count_joins(pipeline, monkeypatch)
+    joined = _count_joins(pipeline)
     locker = api.store.engine.raw_connection()
     try:
         cur = locker.cursor()
@@ -192,7 +168,7 @@ def test_checks_queued_during_a_lock_wait_join_the_batch(
     finally:
         locker.close()
     assert statuses == [200] * 12
-    assert sum(joined) > 0, joined  # some joined the batch that waited
+    assert joined() > 0  # some joined the batch that waited
     assert all(report.ok for report in ledger.verify(api.store))
     with api.store.connect() as conn:
         logged = conn.exec_driver_sql("SELECT count(*) FROM decisions WHERE kind = 'decision'")
@@ -200,13 +176,13 @@ def test_checks_queued_during_a_lock_wait_join_the_batch(
 
 
 def test_a_key_revoked_while_a_batch_waits_is_refused_to_the_checks_that_join_it(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+        api: Api) -> None:
     if api.store.dialect != "postgresql":
         pytest.skip("the writer reads keys under the lock on SQLite already")
     pipeline = _pipeline(api)
     key = api.new_key()
     assert api.check(request(), key=key).status_code == 200
-    joined = _count_joins(pipeline, monkeypatch)
+    joined = _count_joins(pipeline)
     locker = api.store.engine.raw_connection()
     try:
         locker.cursor().execute("SELECT pg_advisory_xact_lock(hashtext('default'))")
@@ -222,4 +198,4 @@ def test_a_key_revoked_while_a_batch_waits_is_refused_to_the_checks_that_join_it
             assert second.result(timeout=30).status_code == 401
     finally:
         locker.close()
-    assert sum(joined) == 1, joined  # the second joined the waiting batch, with the key re-read
+    assert joined() == 1  # the second joined the waiting batch, with the key re-read

@@ -57,7 +57,8 @@ def test_401_shape(api: Api, headers: dict[str, str]) -> None:
     response = api.client.post("/check", json=request(), headers=headers)
     assert response.status_code == 401
     body = response.json()
-    assert set(body) == {"detail", "request_id"}
+    assert set(body) == {"detail", "request_id", "code"}
+    assert body["code"] == "API_KEY_INVALID"
     uuid.UUID(body["request_id"])
 
 
@@ -81,6 +82,7 @@ def test_scopes(api: Api) -> None:
     audit_only = api.new_key(scopes=["audit:read"])
     response = api.check(request(), key=audit_only)
     assert response.status_code == 403
+    assert response.json()["code"] == "SCOPE_MISSING"
     check_only = api.new_key(scopes=["check"])
     rid = api.check(request(), key=check_only).json()["request_id"]
     assert api.client.get(f"/v1/decisions/{rid}",
@@ -92,7 +94,8 @@ def test_pro_on_a_free_plan_is_402(api: Api) -> None:
     response = api.check(request(pro=True), key=free)
     assert response.status_code == 402
     assert response.json() == {"detail": "Pro checks require a paid plan",
-                               "request_id": response.json()["request_id"]}
+                               "request_id": response.json()["request_id"],
+                               "code": "PRO_PLAN_REQUIRED"}
     assert api.check(request(pro=False), key=free).status_code == 200
 
 
@@ -100,7 +103,8 @@ def test_monthly_quota_is_402(api: Api) -> None:
     key = api.new_key(unlimited=True, monthly_quota=2)
     assert [api.check(request(), key=key).status_code for _ in range(3)] == [200, 200, 402]
     body = api.check(request(), key=key).json()
-    assert body["detail"] == "Monthly quota exceeded"
+    assert body["detail"] == "Monthly quota exceeded"  # CONTRACT section 8 fixes the wording
+    assert body["code"] == "MONTHLY_QUOTA_EXCEEDED"
     usage = api.client.get("/usage", headers={"x-api-key": key}).json()
     assert (usage["monthly_used"], usage["monthly_quota"], usage["monthly_remaining"]) == (2, 2, 0)
 
@@ -113,7 +117,9 @@ def test_rate_limits_are_429_with_retry_after(api: Api, limit: dict[str, int], r
     response = api.check(request(), key=key)
     assert response.status_code == 429
     body = response.json()
-    assert set(body) == {"detail", "request_id", "retry_after_seconds"}
+    assert set(body) == {"detail", "request_id", "code", "retry_after_seconds"}
+    assert body["code"] == ("RATE_LIMIT_EXCEEDED" if "per_minute" in limit
+                            else "DAILY_LIMIT_EXCEEDED")
     # the clock is frozen at 10:00:00 UTC: a minute and 14 hours remain
     assert body["retry_after_seconds"] == retry
     assert response.headers["retry-after"] == str(retry)
@@ -171,7 +177,8 @@ def test_idempotent_request_ids(api: Api) -> None:
     conflict = api.check(request(goal="Summarize a different set of tickets"),
                          **{"x-request-id": rid})
     assert conflict.status_code == 409
-    assert set(conflict.json()) == {"detail", "request_id"}
+    assert set(conflict.json()) == {"detail", "request_id", "code"}
+    assert conflict.json()["code"] == "REQUEST_ID_REUSED"
 
 
 def test_an_invalid_request_id_header_is_replaced(api: Api) -> None:
@@ -264,10 +271,12 @@ def test_health_readiness_metrics_openapi(api: Api) -> None:
 def test_unknown_routes_share_the_error_shape(api: Api) -> None:
     response = api.client.get("/nope")
     assert response.status_code == 404
-    assert set(response.json()) == {"detail", "request_id"}
+    assert set(response.json()) == {"detail", "request_id", "code"}
+    assert response.json()["code"] == "NOT_FOUND"
     wrong_method = api.client.get("/check")
     assert wrong_method.status_code == 405
-    assert set(wrong_method.json()) == {"detail", "request_id"}
+    assert set(wrong_method.json()) == {"detail", "request_id", "code"}
+    assert wrong_method.json()["code"] == "METHOD_NOT_ALLOWED"
 
 
 def test_a_broken_policy_fails_closed_and_is_not_ready(db_url: str, tmp_path: Path) -> None:

@@ -15,15 +15,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from stage0.server import pipeline as pipeline_module
+from stage0.server.state import state_of
+from stage0.server.writer import Writer
 from stage0.store import Store
 from tests.helpers import request
 from tests.service.conftest import Api, running_app
 
 
 def test_a_lock_failure_fails_its_batch_closed_and_the_writer_goes_on(api: Api) -> None:
-    pipeline_store = _pipeline(api).store
-    real = pipeline_store.writer_lock
+    writer = _pipeline(api)
+    real = writer.lock
     calls = {"n": 0}
 
     @contextmanager
@@ -34,7 +35,7 @@ def test_a_lock_failure_fails_its_batch_closed_and_the_writer_goes_on(api: Api) 
         with real():
             yield
 
-    pipeline_store.writer_lock = flaky  # type: ignore[method-assign]
+    writer.lock = flaky
     try:
         failed = api.check(request())
         assert failed.status_code == 503
@@ -42,14 +43,13 @@ def test_a_lock_failure_fails_its_batch_closed_and_the_writer_goes_on(api: Api) 
         assert failed.headers["x-request-id"] == failed.json()["request_id"]
         assert api.check(request()).json()["verdict"] == "ALLOW"  # the writer lived on
     finally:
-        pipeline_store.writer_lock = real  # type: ignore[method-assign]
+        writer.lock = real
 
 
-def test_a_stuck_writer_answers_a_fail_closed_503_in_time(api: Api,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline_module, "DECISION_TIMEOUT_S", 0.3)
-    pipeline_store = _pipeline(api).store
-    real = pipeline_store.writer_lock
+def test_a_stuck_writer_answers_a_fail_closed_503_in_time(api: Api) -> None:
+    writer = _pipeline(api)
+    writer.decision_timeout_s = 0.3
+    real = writer.lock
     release = threading.Event()
 
     @contextmanager
@@ -58,7 +58,7 @@ def test_a_stuck_writer_answers_a_fail_closed_503_in_time(api: Api,
         with real():
             yield
 
-    pipeline_store.writer_lock = stuck  # type: ignore[method-assign]
+    writer.lock = stuck
     try:
         started = time.monotonic()
         answer = api.check(request())
@@ -69,7 +69,7 @@ def test_a_stuck_writer_answers_a_fail_closed_503_in_time(api: Api,
         assert answer.headers["retry-after"] == "1"
     finally:
         release.set()
-        pipeline_store.writer_lock = real  # type: ignore[method-assign]
+        writer.lock = real
     assert api.check(request()).json()["verdict"] == "ALLOW"
 
 
@@ -111,8 +111,8 @@ def test_migration_0007_recounts_pending_approvals_and_adds_lifts(tmp_path: Path
     store.dispose()
 
 
-def _pipeline(api: Api) -> pipeline_module.Pipeline:
-    pipeline: pipeline_module.Pipeline = api.client.app.state.stage0["pipeline"]
+def _pipeline(api: Api) -> Writer:
+    pipeline: Writer = state_of(api.client.app).pipeline
     return pipeline
 
 
@@ -124,7 +124,6 @@ def api(db_url: str) -> Iterator[Api]:
 
 def test_sqlite_checkpoints_in_the_background_after_commits_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline_module, "CHECKPOINT_INTERVAL_S", 0.02)
     calls: list[float] = []
     real = Store.checkpoint
 
@@ -134,6 +133,7 @@ def test_sqlite_checkpoints_in_the_background_after_commits_only(
 
     monkeypatch.setattr(Store, "checkpoint", counted)
     with running_app(f"sqlite:///{tmp_path / 'stage0.db'}") as api:
+        _pipeline(api).durability.checkpoint_interval_s = 0.02
         time.sleep(0.2)
         assert calls == []  # nothing committed, nothing to copy
         for _ in range(5):
@@ -179,8 +179,8 @@ def test_sqlite_batches_are_synced_after_the_lock_and_before_any_answer(
         pipeline = _pipeline(api)
         for _ in range(5):
             assert api.check(request()).status_code == 200
-        assert len(synced) >= pipeline._committed >= 5  # every committed batch, a sweep too
-        writer = pipeline._connection().cursor()
+        assert len(synced) >= pipeline.stats.committed >= 5  # every committed batch, a sweep too
+        writer = pipeline.connection().cursor()
         assert writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: synced by us
         writer.close()
         with api.store.engine.connect() as conn:  # every other connection: FULL

@@ -68,11 +68,9 @@ def approvals_show(db: str | None, api_key: str | None, tenant: str | None,
 
 def _decide(db: str | None, api_key: str | None, op: str, payload: dict[str, Any],
             policy_path: str | None) -> None:
-    import uuid  # noqa: PLC0415
-
-    from stage0.engine import system_clock  # noqa: PLC0415
+    from stage0.engine import system_clock, uuid4_id  # noqa: PLC0415
     from stage0.server.jobs import Job  # noqa: PLC0415
-    from stage0.server.pipeline import Pipeline  # noqa: PLC0415
+    from stage0.server.writer import Writer  # noqa: PLC0415
 
     if not api_key:
         raise click.UsageError("--key (or STAGE0_API_KEY) is required: approvers act as the "
@@ -86,14 +84,15 @@ def _decide(db: str | None, api_key: str | None, op: str, payload: dict[str, Any
             f"the policy pack does not load ({exc}); pass the pack (file or directory) the "
             "server runs with --policy or STAGE0_POLICY") from None
     with open_store(db) as store:
-        pipeline = Pipeline(store, packs.active, clock=system_clock, held=packs.held)
+        writer = Writer(store, packs.active, clock=system_clock, ids=uuid4_id,
+                        wall_clock=system_clock, held=packs.held)
         try:
-            outcome = pipeline.submit(Job(
+            outcome = writer.submit(Job(
                 secret=api_key, raw=orjson.dumps(payload), request=None, invalid=None,
-                request_id=str(uuid.uuid4()), client_request_id=False,
+                request_id=writer.ids(), client_request_id=False,
                 started=0.0, op=op, payload=payload)).result(timeout=60)
         finally:
-            pipeline.close()
+            writer.close()
     body = outcome.body if isinstance(outcome.body, dict) else orjson.loads(outcome.body)
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2))
     if outcome.status != 200:

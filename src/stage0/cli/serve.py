@@ -116,7 +116,7 @@ def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_p
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stage0-metrics-")
     try:
-        code = workers_.serve("stage0.server.app:create_app_from_env", sockets=sockets,
+        code = workers_.serve("stage0.app:create_app_from_env", sockets=sockets,
                               workers=workers, access_log=access_log, log_level="info")
     except OSError as exc:
         raise click.ClickException(str(exc)) from None

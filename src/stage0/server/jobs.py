@@ -96,6 +96,6 @@ def error_body(status: int, detail: str, request_id: str, **extra: Any) -> dict[
 def fail_closed_body(request_id: str, detail: str, policy_version: str) -> dict[str, Any]:
     issue = CODES["POLICY_EVALUATION_FAILED"].issue(detail)
     return error_body(
-        503, detail, request_id, verdict="DENY", decision="ERROR",
+        503, detail, request_id, code="FAIL_CLOSED", verdict="DENY", decision="ERROR",
         issues=[issue.to_dict()], policy_version=policy_version,
     )

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ log = logging.getLogger("stage0.reload")
 class PolicyReloader:
     """Polls the pack's modification time every ``interval_s`` and reloads on SIGHUP."""
 
-    def __init__(self, source: str | Path, apply: Any, *, interval_s: float = 1.0) -> None:
+    def __init__(self, source: str | Path, apply: Any, *, interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock``: the real time in seconds (``reloaded_at`` in the status)."""
         self._source = Path(source)
+        self._clock = clock
         self._apply = apply
         self._interval = interval_s
         self._wake = threading.Event()
@@ -62,12 +66,12 @@ class PolicyReloader:
             error = str(exc) if isinstance(exc, PolicyError) else (
                 f"{self._source}: the pack set could not be loaded: {type(exc).__name__}: {exc}")
             self.status = {**self.status, "ok": False, "error": error,
-                           "reloaded_at": time.time()}
+                           "reloaded_at": self._clock()}
             metrics.POLICY_RELOADS.labels(result="refused").inc()
             log.error("refused the new policy pack, still serving the last good one: %s", error)
             return False
         self._apply(packs)
-        self.status = {"ok": True, "error": None, "reloaded_at": time.time(),
+        self.status = {"ok": True, "error": None, "reloaded_at": self._clock(),
                        "policy_version": packs.active.policy_version,
                        "held_versions": packs.held_versions}
         metrics.POLICY_RELOADS.labels(result="applied").inc()

@@ -17,47 +17,14 @@ from sqlalchemy import and_, select
 
 from stage0.engine.approvals import ApprovalEvidence
 from stage0.policy.compiled import ApprovalRule
+from stage0.store import statements as st
 from stage0.store.database import Store
 from stage0.store.schema import approval_votes, approvals, decisions
+from stage0.store.sql import compiled, one_of_params
+from stage0.store.statements import APPROVAL_COLUMNS, VOTE_COLUMNS
 
-COLUMNS = (
-    "id", "tenant_id", "status", "action_digest", "action", "buckets", "environment",
-    "request_id", "requested_by_key", "requested_by_principal", "actor_id", "policy_version",
-    "required_approvals", "approvals_count", "eligible_roles", "requires_mfa", "execute_within_s",
-    "created_us", "expires_us", "decided_us", "execute_by_us", "used_us", "used_by_request",
-    "kind", "reason", "lifts",
-)
-SELECT_ONE = f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND id = :i"
-_OPEN_WHERE = (
-    "AND ((status = 'pending' AND expires_us > {now}) "
-    "OR (status = 'approved' AND execute_by_us > {now})) ORDER BY created_us DESC"
-)
-"""Still open: pending and unexpired, or granted and within its execute-by window (the same
-rule as :func:`is_open`)."""
-SELECT_OPEN = (
-    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND action_digest = :d "
-    + _OPEN_WHERE.format(now=":now") + " LIMIT 1"
-)
-SELECT_OPEN_MANY = (
-    f"SELECT {', '.join(COLUMNS)} FROM approvals WHERE tenant_id = :t AND {{digests}} "
-    + _OPEN_WHERE.format(now=":now")
-)
-INSERT = (
-    f"INSERT INTO approvals ({', '.join(COLUMNS)}) VALUES "
-    f"({', '.join(':' + c for c in COLUMNS)})"
-)
-UPDATE = (
-    "UPDATE approvals SET status = :status, approvals_count = :n, decided_us = :decided, "
-    "execute_by_us = :execute_by, used_us = :used, used_by_request = :used_by WHERE id = :i"
-)
-INSERT_VOTE = (
-    "INSERT INTO approval_votes (approval_id, tenant_id, key_id, principal, decision, reason, "
-    "mfa, created_us) VALUES (:a, :t, :k, :p, :d, :r, :m, :c)"
-)
-SELECT_VOTES = (
-    "SELECT principal, key_id, decision, reason, mfa, created_us FROM approval_votes "
-    "WHERE approval_id = :a ORDER BY id"
-)
+COLUMNS = APPROVAL_COLUMNS
+"""An approval row's columns, in the order the writer's statements read them."""
 
 
 def _iso(us: int | None) -> str | None:
@@ -159,18 +126,19 @@ class ApprovalStore:
     """Approval operations on the pipeline's cursor (inside its transaction)."""
 
     def __init__(self, store: Store) -> None:
-        self._sql = {k: store.sql(v) for k, v in {
-            "one": SELECT_ONE, "open": SELECT_OPEN, "insert": INSERT, "update": UPDATE,
-            "vote": INSERT_VOTE, "votes": SELECT_VOTES,
-            "count": "UPDATE approvals SET approvals_count = :n WHERE id = :i",
-            "open_many": SELECT_OPEN_MANY,
-            "expired_ids": "SELECT id FROM approvals WHERE tenant_id = :t AND status = 'pending' "
-                           "AND expires_us <= :now ORDER BY created_us LIMIT 100"}.items()}
+        self._sql = {name: compiled(store.dialect, build) for name, build in {
+            "one": st.approval_one, "open": st.approval_open, "insert": st.approval_insert,
+            "update": st.approval_update,
+            "vote": st.vote_insert, "votes": st.votes_of, "count": st.approval_count,
+            "expired_ids": st.expired_approvals}.items()}
         self._store = store
         self._cursor: Any = None
         self.now_us = 0
         self._open: dict[tuple[str, str], Approval | None] = {}
         """``open_for`` answers of this transaction (kept current by this store's writes)."""
+        self.reads: dict[str, int] = {}
+        """Single-request reads made, by statement (``one``, ``open``): what a prefetch
+        spared shows here."""
 
     @property
     def cursor(self) -> Any:
@@ -185,6 +153,7 @@ class ApprovalStore:
     def _fetch(self, sql: str, params: dict[str, Any], *,
                votes_if_counted: bool = False) -> Approval | None:
         cur = self.cursor
+        self.reads[sql] = self.reads.get(sql, 0) + 1
         cur.execute(self._sql[sql], params)
         row = cur.fetchone()
         if row is None:
@@ -193,8 +162,7 @@ class ApprovalStore:
         if votes_if_counted and _no_votes(record):
             return Approval(record, [])
         cur.execute(self._sql["votes"], {"a": record["id"]})
-        votes = [dict(zip(("principal", "key_id", "decision", "reason", "mfa", "created_us"), v,
-                          strict=True)) for v in cur.fetchall()]
+        votes = [dict(zip(VOTE_COLUMNS, v, strict=True)) for v in cur.fetchall()]
         return Approval(record, votes)
 
     def prefetch_open(self, tenant: str, digests: set[str], now_us: int,
@@ -207,9 +175,9 @@ class ApprovalStore:
         wanted = [d for d in digests if (tenant, d) not in self._open]
         if not wanted:
             return _nothing
-        params: dict[str, Any] = {"t": tenant, "now": now_us}
-        cur.execute(self._sql["open_many"].format(
-            digests=self._store.any_of("action_digest", "d", wanted, params)), params)
+        dialect = self._store.dialect
+        cur.execute(compiled(dialect, st.approvals_open_many, len(wanted)),
+                    one_of_params(dialect, "d", wanted, {"t": tenant, "now": now_us}))
 
         def finish() -> None:
             found: dict[str, dict[str, Any]] = {}
@@ -229,7 +197,7 @@ class ApprovalStore:
     def expired_pending(self, tenant: str, now_us: int) -> list[Approval]:
         cur = self.cursor
         cur.execute(self._sql["expired_ids"], {"t": tenant, "now": now_us})
-        ids = [r[0] for r in cur.fetchall()]
+        ids = [approval_id for (approval_id,) in cur.fetchall()]
         found = [self.get(tenant, i) for i in ids]
         return [a for a in found if a is not None]
 

@@ -51,6 +51,10 @@ class ApiKey:
     mfa_locked_until_us: int | None = None
     totp_last_step: int | None = None
 
+    def can(self, *scopes: str) -> bool:
+        """The key holds one of ``scopes``; ``admin`` passes every scope."""
+        return "admin" in self.scopes or any(s in self.scopes for s in scopes)
+
     @property
     def totp_uri(self) -> str | None:
         """The otpauth:// provisioning URI of the key's TOTP secret (RFC 6238), if enrolled."""

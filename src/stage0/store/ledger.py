@@ -9,17 +9,18 @@ row breaks the link, a deleted row leaves a gap in ``seq`` or a head that points
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import orjson
-from sqlalchemy import and_, select
+from sqlalchemy import ClauseElement, and_, bindparam, select
 
 from stage0.engine.digest import sha256_hex
 from stage0.store.database import Store
 from stage0.store.schema import chain_heads, decisions
+from stage0.store.sql import compiled, insert, one_of, one_of_params, upsert
 
 GENESIS = "0" * 64
 
@@ -31,7 +32,43 @@ HASHED_FIELDS = (
 )
 
 
-def row_hash(record: dict[str, Any]) -> str:
+class LogRecord(TypedDict):
+    """One row of the decision log (a decision, a rejected request, an approval or token
+    event): the ``decisions`` table's columns. :func:`append` adds ``seq``, ``prev_hash`` and
+    ``row_hash``; the database numbers ``id``. JSON documents are stored as text."""
+
+    tenant_id: str
+    request_id: str
+    key_id: str | None
+    kind: str
+    http_status: int
+    verdict: str
+    decision: str
+    policy_version: str
+    policy_sha256: str
+    input_sha256: str
+    action_digest: str
+    environment: str | None
+    tools: str
+    buckets: str
+    request: str
+    redacted_paths: str
+    response: str
+    frozen_time: str | None
+    timings: str
+    created_us: int
+    seq: NotRequired[int]
+    prev_hash: NotRequired[str]
+    row_hash: NotRequired[str]
+
+
+LOGGED = tuple(c.name for c in decisions.c if c.name != "id")
+"""The columns a :class:`LogRecord` fills (what :func:`save` inserts)."""
+if set(LOGGED) != set(LogRecord.__annotations__):  # pragma: no cover - caught on import
+    raise RuntimeError("LogRecord and the decisions table name different columns")
+
+
+def row_hash(record: Mapping[str, Any]) -> str:
     """SHA-256 of the RFC 8785 form of the hashed fields.
 
     Every hashed field is a string, an integer below 2**53 or null (JSON documents are stored
@@ -49,11 +86,25 @@ class ChainCursor:
     seq: int
     head: str
     dirty: bool = False
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[LogRecord] = field(default_factory=list)
 
 
 def read_head(store: Store, cursor: Any, tenant: str) -> ChainCursor:
     return read_heads(store, cursor, [tenant])()[tenant]
+
+
+def _heads(dialect: str, count: int) -> ClauseElement:
+    return select(chain_heads.c.tenant_id, chain_heads.c.seq, chain_heads.c.row_hash).where(
+        one_of(dialect, chain_heads.c.tenant_id, "t", count))
+
+
+def _insert(_: str) -> ClauseElement:
+    return insert(decisions).values({name: bindparam(name) for name in LOGGED})
+
+
+def _upsert_head(dialect: str) -> ClauseElement:
+    return upsert(dialect, chain_heads, {"tenant_id": "t", "seq": "seq", "row_hash": "h"},
+                  ["tenant_id"], ["seq", "row_hash"])
 
 
 def read_heads(store: Store, cursor: Any,
@@ -61,35 +112,19 @@ def read_heads(store: Store, cursor: Any,
     """Send the read of several tenants' chain heads on ``cursor``; the function returned reads
     the answer (so that the read can share a PostgreSQL pipeline with others)."""
     wanted = sorted(set(tenants))
-    params: dict[str, Any] = {}
-    cursor.execute("SELECT tenant_id, seq, row_hash FROM chain_heads WHERE "
-                   + store.any_of("tenant_id", "t", wanted, params), params)
+    cursor.execute(compiled(store.dialect, _heads, len(wanted)),
+                   one_of_params(store.dialect, "t", wanted, {}))
 
     def finish() -> dict[str, ChainCursor]:
-        found = {row[0]: (int(row[1]), row[2]) for row in cursor.fetchall()}
+        found = {tenant_id: (int(seq), head) for tenant_id, seq, head in cursor.fetchall()}
         return {t: ChainCursor(*found.get(t, (0, GENESIS))) for t in wanted}
 
     return finish
 
 
-INSERT_DECISION = (
-    "INSERT INTO decisions (tenant_id, seq, request_id, key_id, kind, http_status, verdict, "
-    "decision, policy_version, policy_sha256, input_sha256, action_digest, environment, tools, "
-    "buckets, request, redacted_paths, response, frozen_time, timings, created_us, prev_hash, "
-    "row_hash) VALUES (:tenant_id, :seq, :request_id, :key_id, :kind, :http_status, :verdict, "
-    ":decision, :policy_version, :policy_sha256, :input_sha256, :action_digest, :environment, "
-    ":tools, :buckets, :request, :redacted_paths, :response, :frozen_time, :timings, "
-    ":created_us, :prev_hash, :row_hash)"
-)
-UPSERT_HEAD = (
-    "INSERT INTO chain_heads (tenant_id, seq, row_hash) VALUES (:t, :seq, :h) "
-    "ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, row_hash = excluded.row_hash"
-)
-
-
-def append(chain: ChainCursor, record: dict[str, Any]) -> None:
-    """Chain ``record`` (all fields but seq, prev_hash, row_hash) as the next row; it is
-    written by :func:`save`, in the same transaction."""
+def append(chain: ChainCursor, record: LogRecord) -> None:
+    """Chain ``record`` as the next row; it is written by :func:`save`, in the same
+    transaction."""
     chain.seq += 1
     record["seq"] = chain.seq
     record["prev_hash"] = chain.head
@@ -102,10 +137,11 @@ def append(chain: ChainCursor, record: dict[str, Any]) -> None:
 def save(store: Store, cursor: Any, tenant: str, chain: ChainCursor) -> None:
     """Insert the chain's pending rows (one statement) and move its head."""
     if chain.pending:
-        cursor.executemany(store.sql(INSERT_DECISION), chain.pending)
+        cursor.executemany(compiled(store.dialect, _insert), chain.pending)
         chain.pending = []
     if chain.dirty:
-        cursor.execute(store.sql(UPSERT_HEAD), {"t": tenant, "seq": chain.seq, "h": chain.head})
+        cursor.execute(compiled(store.dialect, _upsert_head),
+                       {"t": tenant, "seq": chain.seq, "h": chain.head})
         chain.dirty = False
 
 

@@ -4,24 +4,48 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
+from sqlalchemy import ClauseElement, and_, bindparam, select
 
 from stage0.engine.runstate import RECENT_TOOLS_KEPT, RunSnapshot
 from stage0.store.database import Store
+from stage0.store.schema import run_state
+from stage0.store.sql import compiled, one_of, one_of_params, upsert
 
-SELECT = (
-    "SELECT iterations, first_seen_us, recent_tools, cost_usd FROM run_state "
-    "WHERE tenant_id = :t AND run_id = :r"
-)
-UPSERT = (
-    "INSERT INTO run_state (tenant_id, run_id, iterations, first_seen_us, recent_tools, "
-    "cost_usd, updated_us) VALUES (:t, :r, :i, :f, :tools, :c, :u) "
-    "ON CONFLICT (tenant_id, run_id) DO UPDATE SET iterations = excluded.iterations, "
-    "recent_tools = excluded.recent_tools, cost_usd = excluded.cost_usd, "
-    "updated_us = excluded.updated_us"
-)
+
+class RunRow(NamedTuple):
+    """A run's ``run_state`` row, as the writer reads it."""
+
+    run_id: str
+    iterations: int
+    first_seen_us: int
+    recent_tools: str
+    cost_usd: float
+
+
+def _select(_: str) -> ClauseElement:
+    return select(*(run_state.c[n] for n in RunRow._fields)).where(and_(
+        run_state.c.tenant_id == bindparam("t"), run_state.c.run_id == bindparam("r")))
+
+
+def _select_many(dialect: str, count: int) -> ClauseElement:
+    return select(*(run_state.c[n] for n in RunRow._fields)).where(and_(
+        run_state.c.tenant_id == bindparam("t"), one_of(dialect, run_state.c.run_id, "r", count)))
+
+
+def _upsert(dialect: str) -> ClauseElement:
+    return upsert(dialect, run_state, {"tenant_id": "t", "run_id": "r", "iterations": "i",
+                                       "first_seen_us": "f", "recent_tools": "tools",
+                                       "cost_usd": "c", "updated_us": "u"},
+                  ["tenant_id", "run_id"], ["iterations", "recent_tools", "cost_usd", "updated_us"])
+
+
+def _run(row: RunRow, updated_us: int) -> list[Any]:
+    """A run as this state keeps it: iterations, first seen, recent tools, cost, updated."""
+    return [int(row.iterations), int(row.first_seen_us), orjson.loads(row.recent_tools),
+            float(row.cost_usd), updated_us]
 
 
 def _nothing() -> None:
@@ -38,8 +62,8 @@ class TransactionRunState:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._select = store.sql(SELECT)
-        self._upsert = store.sql(UPSERT)
+        self._select = compiled(store.dialect, _select)
+        self._upsert = compiled(store.dialect, _upsert)
         self.cursor: Any = None
         self._runs: dict[tuple[str, str], list[Any]] = {}
         self._absent: set[tuple[str, str]] = set()
@@ -66,21 +90,18 @@ class TransactionRunState:
         wanted = [r for r in run_ids if (tenant, r) not in self._runs]
         if not wanted:
             return _nothing
-        params: dict[str, Any] = {"t": tenant}
-        cur.execute(self._store.sql(
-            "SELECT run_id, iterations, first_seen_us, recent_tools, cost_usd FROM run_state "
-            "WHERE tenant_id = :t AND ") + self._store.any_of("run_id", "r", wanted, params),
-            params)
+        dialect = self._store.dialect
+        cur.execute(compiled(dialect, _select_many, len(wanted)),
+                    one_of_params(dialect, "r", wanted, {"t": tenant}))
 
         def finish() -> None:
-            found = {row[0]: row[1:] for row in cur.fetchall()}
+            found = {row.run_id: row for row in map(RunRow._make, cur.fetchall())}
             for run_id in wanted:
                 row = found.get(run_id)
                 if row is None:
                     self._absent.add((tenant, run_id))
                 else:
-                    self._runs[(tenant, run_id)] = [int(row[0]), int(row[1]),
-                                                    orjson.loads(row[2]), float(row[3]), 0]
+                    self._runs[(tenant, run_id)] = _run(row, 0)
 
         return finish
 
@@ -103,14 +124,12 @@ class TransactionRunState:
         at_us = int(at.timestamp() * 1_000_000)
         run = self._runs.get((tenant, run_id))
         if run is None:
-            row = None
+            found = None
             if (tenant, run_id) not in self._absent:
                 cur.execute(self._select, {"t": tenant, "r": run_id})
-                row = cur.fetchone()
-            if row is None:
-                run = [0, at_us, [], 0.0, at_us]
-            else:
-                run = [int(row[0]), int(row[1]), orjson.loads(row[2]), float(row[3]), at_us]
+                found = cur.fetchone()
+            run = ([0, at_us, [], 0.0, at_us] if found is None
+                   else _run(RunRow._make(found), at_us))
             self._runs[(tenant, run_id)] = run
         iterations, first_us, tools, cost, _ = run
         earlier = tuple(tools)

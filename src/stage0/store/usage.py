@@ -41,7 +41,8 @@ class Counts:
 
     @classmethod
     def current(cls, row: Any, w: Windows) -> Counts:
-        """Counts in the current windows from a ``key_usage`` row (or none yet).
+        """Counts in the current windows from a ``key_usage`` row (or none yet), read by its
+        columns' names (a :class:`~stage0.store.statements.UsageRow`, a SQLAlchemy row).
 
         A window never moves backwards: when the row already counts in a later window than
         ``w`` (another server process, or another host, whose clock is a little ahead; a
@@ -49,10 +50,9 @@ class Counts:
         window instead of restarting an older one from zero."""
         if row is None:
             return cls(0, 0, 0, w.month, w.day, w.minute)
-        month_key, month_count, day_key, day_count, minute_key, minute_count = row
-        month = _window(month_key, month_count, w.month)
-        day = _window(day_key, day_count, w.day)
-        minute = _window(minute_key, minute_count, w.minute)
+        month = _window(row.month_key, row.month_count, w.month)
+        day = _window(row.day_key, row.day_count, w.day)
+        minute = _window(row.minute_key, row.minute_count, w.minute)
         return cls(month[1], day[1], minute[1], month[0], day[0], minute[0])
 
     def plus_one(self) -> Counts:
@@ -71,6 +71,8 @@ def _window(stored_key: str | None, stored_count: int, current: str) -> tuple[st
 @dataclass(frozen=True, slots=True)
 class Refusal:
     status: int
+    code: str
+    """The refusal's stable code (server/errors.py's catalogue)."""
     detail: str
     retry_after: int | None = None
 
@@ -85,9 +87,10 @@ def check_quota(
 ) -> Refusal | None:
     """Whether one more check fits: 402 for the monthly quota, 429 for daily and per-minute."""
     if monthly is not None and counts.month >= monthly:
-        return Refusal(402, "Monthly quota exceeded")
+        return Refusal(402, "MONTHLY_QUOTA_EXCEEDED", "Monthly quota exceeded")
     if daily is not None and counts.day >= daily:
-        return Refusal(429, "Daily limit exceeded", w.seconds_to_next_day)
+        return Refusal(429, "DAILY_LIMIT_EXCEEDED", "Daily limit exceeded", w.seconds_to_next_day)
     if per_minute is not None and counts.minute >= per_minute:
-        return Refusal(429, "Rate limit exceeded", w.seconds_to_next_minute)
+        return Refusal(429, "RATE_LIMIT_EXCEEDED", "Rate limit exceeded",
+                       w.seconds_to_next_minute)
     return None

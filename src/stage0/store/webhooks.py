@@ -29,10 +29,11 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import and_, select, update
+from sqlalchemy import ClauseElement, and_, bindparam, literal_column, select, update
 
 from stage0.store.database import Store
 from stage0.store.schema import webhook_deliveries, webhooks
+from stage0.store.sql import compiled, insert
 
 log = logging.getLogger("stage0.webhooks")
 
@@ -114,25 +115,34 @@ def _public_error(error: str | None, url: str) -> str | None:
     return error.replace(url, public_url(url))
 
 
-ENQUEUE_SELECT = ("SELECT id, events FROM webhooks WHERE tenant_id = :t AND disabled_us IS NULL")
-ENQUEUE_INSERT = (
-    "INSERT INTO webhook_deliveries (webhook_id, tenant_id, approval_id, event, event_id, "
-    "payload, status, attempts, next_attempt_us, created_us) VALUES "
-    "(:w, :t, :a, :e, :i, :p, 'pending', 0, :n, :n)"
-)
+def _subscribed(_: str) -> ClauseElement:
+    return select(webhooks.c.id, webhooks.c.events).where(and_(
+        webhooks.c.tenant_id == bindparam("t"), webhooks.c.disabled_us.is_(None)))
+
+
+def _enqueue(_: str) -> ClauseElement:
+    c = webhook_deliveries.c
+    return insert(webhook_deliveries).values({
+        c.webhook_id: bindparam("w"), c.tenant_id: bindparam("t"), c.approval_id: bindparam("a"),
+        c.event: bindparam("e"), c.event_id: bindparam("i"), c.payload: bindparam("p"),
+        c.status: literal_column("'pending'"), c.attempts: literal_column("0"),
+        c.next_attempt_us: bindparam("n"), c.created_us: bindparam("n")})
 
 
 def enqueue(store: Store, cursor: Any, tenant: str, event: str, event_id: str,
-            approval_id: str | None, payload: dict[str, Any]) -> int:
-    """Queue ``event`` for every subscribed webhook of ``tenant`` (in the caller's transaction)."""
+            approval_id: str | None, payload: dict[str, Any], *,
+            now_us: int | None = None) -> int:
+    """Queue ``event`` for every subscribed webhook of ``tenant`` (in the caller's transaction).
+    ``now_us``: the real time (the deliverer schedules by it), ``time.time()`` if not given."""
     if event not in EVENTS:
         return 0
-    cursor.execute(store.sql(ENQUEUE_SELECT), {"t": tenant})
-    hooks = [row[0] for row in cursor.fetchall() if event in orjson.loads(row[1])]
-    now_us = int(time.time() * 1e6)
+    cursor.execute(compiled(store.dialect, _subscribed), {"t": tenant})
+    hooks = [hook for hook, events in cursor.fetchall() if event in orjson.loads(events)]
+    if now_us is None:
+        now_us = int(time.time() * 1e6)
     body = orjson.dumps({"event": event, "event_id": event_id, "tenant": tenant, **payload})
     for hook in hooks:
-        cursor.execute(store.sql(ENQUEUE_INSERT), {
+        cursor.execute(compiled(store.dialect, _enqueue), {
             "w": hook, "t": tenant, "a": approval_id, "e": event, "i": event_id,
             "p": body.decode(), "n": now_us})
     return len(hooks)
@@ -156,8 +166,11 @@ class Deliverer:
     """A background thread that sends due deliveries; ``tick`` runs one pass (for tests)."""
 
     def __init__(self, store: Store, *, interval_s: float = 0.5,
-                 on_tick: Callable[[], None] | None = None) -> None:
+                 on_tick: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock``: the real time in seconds (deliveries are scheduled and signed by it)."""
         self._store = store
+        self._clock = clock
         self._interval = interval_s
         self._on_tick = on_tick
         self._stop = threading.Event()
@@ -195,7 +208,7 @@ class Deliverer:
     def _claim(self, row: Any) -> int | None:
         """Take a lease on one attempt right before sending it; ``None`` if another process has
         it (or it is no longer pending)."""
-        lease = int((time.time() + LEASE_S) * 1e6)
+        lease = int((self._clock() + LEASE_S) * 1e6)
         with self._store.begin() as conn:
             won = conn.execute(update(webhook_deliveries).where(and_(
                 webhook_deliveries.c.id == row.id,
@@ -207,7 +220,7 @@ class Deliverer:
     def tick(self) -> int:
         """Send every due delivery once; returns how many were attempted."""
         sent = 0
-        for row in self._due(int(time.time() * 1e6)):
+        for row in self._due(int(self._clock() * 1e6)):
             if self._stop.is_set():
                 break
             lease = self._claim(row)
@@ -215,7 +228,7 @@ class Deliverer:
                 continue
             sent += 1
             body = row.payload.encode()
-            ts = int(time.time())
+            ts = int(self._clock())
             status: int | None = None
             error: str | None = None
             try:
@@ -233,11 +246,11 @@ class Deliverer:
                                       "last_error": error}
             delay = min(3600.0, backoff_base() * 2 ** (attempts - 1))
             if error is None:
-                values.update(status="delivered", delivered_us=int(time.time() * 1e6))
-            elif time.time() + delay - row.created_us / 1e6 > RETRY_FOR_S:
+                values.update(status="delivered", delivered_us=int(self._clock() * 1e6))
+            elif self._clock() + delay - row.created_us / 1e6 > RETRY_FOR_S:
                 values.update(status="failed")
             else:
-                values.update(next_attempt_us=int((time.time() + delay) * 1e6))
+                values.update(next_attempt_us=int((self._clock() + delay) * 1e6))
             with self._store.begin() as conn:  # only while the lease is still ours
                 conn.execute(update(webhook_deliveries).where(and_(
                     webhook_deliveries.c.id == row.id,

@@ -1,0 +1,170 @@
+"""What a running server holds — store, policy, pipeline, clock, reloader, deliverer — as one
+typed :class:`AppState`, started and stopped by :func:`start` / :meth:`AppState.close`, and
+read by the routes through the :func:`app_state` dependency."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.applications import Starlette
+
+from stage0.contract.request import parse_instant
+from stage0.engine import system_clock
+from stage0.engine.evaluate import uuid4_id
+from stage0.policy import CompiledPolicy, PolicyError, load_policy
+from stage0.policy.packset import PackSet, load_pack_set
+from stage0.server import metrics
+from stage0.server.reload import PolicyReloader
+from stage0.server.writer import Writer
+from stage0.store import Store
+from stage0.store.signing import ensure_signing_key
+from stage0.store.webhooks import Deliverer
+
+log = logging.getLogger("stage0.server")
+GC_THRESHOLD = int(os.environ.get("STAGE0_GC_THRESHOLD", "20000"))
+SWEEP_EVERY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db: str | None = None
+    policy: str | None = None
+    frozen_time: str | None = None
+    environment: str = "self-hosted"
+    tune_gc: bool = False
+    """Freeze start-up objects and collect less often (the served process; not tests)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            db=os.environ.get("STAGE0_DATABASE_URL"),
+            policy=os.environ.get("STAGE0_POLICY") or None,
+            frozen_time=os.environ.get("STAGE0_FROZEN_TIME") or None,
+            environment=os.environ.get("STAGE0_ENVIRONMENT", "self-hosted"),
+            tune_gc=True,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class AppState:
+    """One server process's state, built once at start-up. Frozen in use except ``policy`` and
+    ``packs``, which a hot reload replaces (:meth:`apply`); everything else is set once."""
+
+    settings: Settings
+    store: Store
+    pipeline: Writer
+    clock: Callable[[], datetime]
+    deliverer: Deliverer
+    policy: CompiledPolicy | None = None
+    packs: PackSet | None = None
+    reloader: PolicyReloader | None = None
+
+    def now_us(self) -> int:
+        return int(self.clock().timestamp() * 1e6)
+
+    def apply(self, new_set: PackSet) -> None:
+        """Serve ``new_set`` (a reloaded pack file) from the pipeline's next batch on."""
+        old, new = self.policy, new_set.active
+        self.pipeline.swap_policy(new, new_set.held)
+        self.policy, self.packs = new, new_set
+        if old is not None:
+            metrics.POLICY_INFO.labels(policy_version=old.policy_version,
+                                       sha256=old.sha256).set(0)
+        metrics.POLICY_INFO.labels(policy_version=new.policy_version, sha256=new.sha256).set(1)
+
+    def close(self) -> None:
+        if self.reloader is not None:
+            self.reloader.close()
+        self.deliverer.close()
+        self.pipeline.close()
+        self.store.dispose()
+
+
+class _Sweeper:
+    """Expires approvals every 30 s, called from the webhook delivery thread's ticks."""
+
+    def __init__(self, pipeline: Writer) -> None:
+        self.pipeline, self.last = pipeline, 0.0
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= SWEEP_EVERY_S:
+            self.last = time.monotonic()
+            self.pipeline.sweep().result(timeout=60)
+
+
+def _load_packs(settings: Settings) -> PackSet | None:
+    try:
+        return load_pack_set(settings.policy) if settings.policy else PackSet(load_policy(None))
+    except PolicyError as exc:
+        log.error("%s; every /check fails closed until a valid pack is loaded", exc)
+        return None
+
+
+def _clock(settings: Settings) -> Callable[[], datetime]:
+    if not settings.frozen_time:
+        return system_clock
+    frozen = parse_instant(settings.frozen_time)
+    log.warning("evaluation clock frozen at %s (recorded on every decision)",
+                settings.frozen_time)
+    return lambda: frozen
+
+
+def start(settings: Settings) -> AppState:
+    """Open the store (migrated, with a signing key), load the pack, start the pipeline, the
+    policy reloader (with a pack file) and the webhook deliverer."""
+    store = Store(settings.db)
+    store.migrate()
+    ensure_signing_key(store)
+    packs = _load_packs(settings)
+    policy = packs.active if packs is not None else None
+    clock = _clock(settings)
+    # the entry point's clocks and id factory: ``clock`` decides (frozen with --frozen-time),
+    # ``wall_clock`` is the real time (TOTP steps, lockouts, webhook schedules), ``ids`` mints
+    # request ids
+    pipeline = Writer(store, policy, clock=clock, frozen_time=settings.frozen_time,
+                      held=packs.held if packs is not None else (), ids=uuid4_id,
+                      wall_clock=system_clock)
+    if policy is not None:
+        metrics.POLICY_INFO.labels(policy_version=policy.policy_version,
+                                   sha256=policy.sha256).set(1)
+    state = AppState(settings=settings, store=store, pipeline=pipeline, clock=clock,
+                     deliverer=Deliverer(store, on_tick=_Sweeper(pipeline), clock=time.time),
+                     policy=policy, packs=packs)
+    if settings.policy:
+        state.reloader = PolicyReloader(settings.policy, state.apply, clock=time.time)
+        state.reloader.start()
+    state.deliverer.start()
+    # What was built so far (pack, engine caches, modules) lives as long as the server: move
+    # it out of the collector's sight, and collect the young generation less often (a decision
+    # allocates many short-lived objects; cycles among them are rare).
+    if settings.tune_gc:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
+    return state
+
+
+def state_of(app: Starlette | object) -> AppState:
+    """The started app's :class:`AppState` (tests and tools: ``state_of(client.app).pipeline``;
+    a ``TestClient``'s ``app`` is typed as any ASGI app, hence ``object``)."""
+    state: Any = getattr(getattr(app, "state", None), "stage0", None)
+    if not isinstance(state, AppState):
+        raise RuntimeError("the app has not started (its lifespan has not run)")
+    return state
+
+
+def app_state(request: Request) -> AppState:
+    """The FastAPI dependency: the state of the app that answers ``request``."""
+    return state_of(request.app)
+
+
+State = Annotated[AppState, Depends(app_state)]
+"""A route parameter ``state: State`` receives the app's :class:`AppState`."""
