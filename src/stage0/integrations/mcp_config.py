@@ -19,8 +19,6 @@ from pydantic import (
     model_validator,
 )
 
-
-
 QUALIFIED_SEPARATOR = "."  # `<server>.<tool>`: the name Stage0 (and so the policy) sees
 DEFAULT_NAME_SEPARATOR = "__"  # `<server>__<tool>`: the name the MCP client sees
 DESTRUCTIVE_EFFECTS = ("delete",)
