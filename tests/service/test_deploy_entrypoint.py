@@ -22,18 +22,11 @@ import pytest
 
 from stage0 import __version__
 from tests.service.conftest import PG_ADMIN_URL, _pg_admin, free_port
+from tests.service.test_processes import CHECK_BODY
 from tests.test_deploy import ENTRYPOINT, healthcheck_command
 
 STAGE0 = Path(sys.executable).parent / "stage0"
 ADMIN_KEY = re.compile(r"^    (s0_\S+)$", re.MULTILINE)
-CHECK_BODY = {
-    "goal": "Summarise yesterday's support tickets into a report for the team",
-    "success_criteria": ["a one-page summary exists"],
-    "tools": ["tickets.search"],
-    "side_effects": [],
-    "constraints": [],
-    "context": {"environment": "staging"},
-}
 
 
 def _env(**settings: str) -> dict[str, str]:

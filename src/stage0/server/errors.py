@@ -82,10 +82,8 @@ CODES: dict[str, ErrorCode] = _catalogue(
     ("TOKEN_ALREADY_CONSUMED", 409, "the token has already been used"),
 )
 
-_BY_STATUS = {401: "API_KEY_INVALID", 402: "MONTHLY_QUOTA_EXCEEDED", 403: "SCOPE_MISSING",
-              404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "REQUEST_ID_REUSED",
-              422: "REQUEST_INVALID", 429: "RATE_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR",
-              503: "FAIL_CLOSED"}
+_BY_STATUS = {401: "API_KEY_INVALID", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+              422: "REQUEST_INVALID", 500: "INTERNAL_ERROR", 503: "FAIL_CLOSED"}
 """The code of an error that names none: the HTTP stack's generic ones (an unknown route, a
 wrong method, a body FastAPI refuses). Every refusal Stage0 makes names its own code."""
 

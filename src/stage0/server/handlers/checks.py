@@ -90,8 +90,8 @@ def _rejected(writer: Writer, tx: Transaction, chain: ChainCursor, job: Job, key
               now: datetime) -> Outcome:
     """A body that is not a valid request: 422, logged as ``rejected``."""
     assert job.invalid is not None
-    body = {**job.invalid.to_dict(), "request_id": job.request_id, "verdict": "DENY",
-            "decision": "NO_GO"}
+    body = {**job.invalid.to_dict(), "request_id": job.request_id, "code": "REQUEST_INVALID",
+            "verdict": "DENY", "decision": "NO_GO"}
     tx.log(chain, record(writer, job, key, now, 422, "rejected", body, None))
     metrics.count_answer("DENY", [])
     return Outcome(422, body)

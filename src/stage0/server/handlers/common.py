@@ -10,8 +10,6 @@ from stage0.contract import CheckRequest
 from stage0.policy import normalize_name
 from stage0.server.jobs import Job, Outcome, error_body
 from stage0.store.keys import ApiKey, normalize_principal
-from stage0.store.ledger import ChainCursor
-from stage0.store.transaction import Transaction
 
 if TYPE_CHECKING:
     from stage0.server.writer import Writer
@@ -51,14 +49,13 @@ def action_summary(request: CheckRequest, body: dict[str, Any]) -> dict[str, Any
     }
 
 
-def authenticated(writer: Writer, tx: Transaction,
-                  job: Job) -> tuple[ApiKey, ChainCursor, datetime] | Outcome:
-    """The job's key, its tenant's chain and the time; or a 401 when there is no key."""
+def authenticated(writer: Writer, job: Job) -> tuple[ApiKey, datetime] | Outcome:
+    """The job's key and the time; or a 401 when there is no key."""
     key = job.key
     if key is None:
-        return Outcome(401, error_body(401, "Invalid or missing API key", job.request_id))
-    now = writer.clock()
-    return key, tx.chain(key.tenant_id), now
+        return Outcome(401, error_body(401, "Invalid or missing API key", job.request_id,
+                                       code="API_KEY_INVALID"))
+    return key, writer.clock()
 
 
 def to_us(now: datetime) -> int:

@@ -40,10 +40,10 @@ def sign(writer: Writer, tenant: str, body: dict[str, Any], now: datetime) -> st
 
 def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
     """Consume an execution token: valid, this tenant's, this action's, not used before."""
-    found = authenticated(writer, tx, job)
+    found = authenticated(writer, job)
     if isinstance(found, Outcome):
         return found
-    key, _, now = found
+    key, now = found
     rid, p = job.request_id, job.payload
 
     def refuse(status: int, code: str, detail: str) -> Outcome:

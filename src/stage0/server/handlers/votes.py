@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 
 def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
-    found = authenticated(writer, tx, job)
+    found = authenticated(writer, job)
     if isinstance(found, Outcome):
         return found
-    key, _, now = found
+    key, now = found
     rid, p = job.request_id, job.payload
     now_us = to_us(now)
 
