@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import get_type_hints
 
 import pytest
 
@@ -14,6 +15,11 @@ from stage0.contract import (
     RequestValidationError,
     parse_request,
 )
+from stage0.contract.response import Decision, ResponseBody
+from stage0.engine import Engine
+from stage0.policy import load_policy
+from stage0.sdk import CheckResult, LocalEngine
+from stage0.sdk.results import failed_closed
 from tests.helpers import decide, request
 
 
@@ -158,3 +164,51 @@ def test_request_schema_declares_limits() -> None:
     assert goal["minLength"] == 1
     tools = props["tools"]["anyOf"][0]
     assert tools["maxItems"] == 200
+
+
+def test_the_response_model_and_the_response_type_have_the_same_keys() -> None:
+    """``CheckResponse`` (OpenAPI, JSON Schema) is the schema of ``ResponseBody`` (what the
+    engine builds): one key list, checked, so neither can gain a field alone."""
+
+    assert set(get_type_hints(ResponseBody)) == set(CheckResponse.model_fields)
+    assert ResponseBody.__optional_keys__ == {"approval", "execution_token"}
+
+
+def test_every_surface_hands_out_the_one_response_type() -> None:
+    """The engine's answer, the SDK's in-process and fail-closed results are all a
+    ``Decision``; the SDK's fail-closed body has the engine's fail-closed shape."""
+
+    engine = Engine(load_policy(None))
+    decided = engine.check({"goal": "Read the weekly sales report", "tools": ["reports.read"]})
+    assert isinstance(decided, Decision)
+    local = LocalEngine().check("Read the weekly sales report", tools=["reports.read"])
+    assert isinstance(local, CheckResult)
+    assert isinstance(local, Decision)
+    assert local.verdict == decided.verdict
+    assert local.issue_codes == decided.issue_codes
+
+    unreachable = failed_closed("SERVICE_UNAVAILABLE", "ConnectError: refused")
+    assert isinstance(unreachable, Decision)
+    assert not unreachable.allowed
+    assert set(unreachable.body) == set(ResponseBody.__required_keys__)
+    assert (unreachable.verdict, unreachable.decision) == ("DENY", "ERROR")
+    assert unreachable.request_id is None
+    assert unreachable.policy_version is None
+    engine_failed = Engine(None).check({"goal": "Read the weekly sales report"})
+    assert engine_failed.issue_codes == ["POLICY_NOT_LOADED"]
+    assert set(engine_failed.body) == set(unreachable.body)
+
+
+def test_the_decision_reads_a_partial_body_without_raising() -> None:
+    """A body from another server version may lack fields: the accessors never raise, and
+    a body without a verdict reads as DENY/ERROR, never allowed."""
+
+    empty = CheckResult({})
+    assert (empty.verdict, empty.decision, empty.allowed) == ("DENY", "ERROR", False)
+    assert empty.issues == []
+    assert empty.buckets == []
+    assert empty.risk_score is None
+    odd = CheckResult({"verdict": "ALLOW", "decision": "GO", "issues": "x", "risk_score": True})
+    assert odd.allowed
+    assert odd.issues == []
+    assert odd.risk_score is None

@@ -254,6 +254,55 @@ def test_deferred_call_runs_once_after_approval(stage0_server: Stage0, tmp_path:
         approver.close()
 
 
+def test_the_same_call_after_a_rejection_ends_once(stage0_server: Stage0,
+                                                   tmp_path: Path) -> None:
+    """An MCP client cannot resume a call; it makes the same call again. The gateway retries it
+    with the approval it returned for that call, so after a rejection the same call is denied
+    (``APPROVAL_REJECTED``) instead of opening a new request; the call after that is a new
+    request."""
+    marker, log = tmp_path / "calls.jsonl", tmp_path / "proxy.log"
+    config = tmp_path / "mcp-proxy.yaml"
+    config.write_text(yaml.safe_dump({
+        "stage0": {"base_url": stage0_server.url, "context": {"actor_id": "agent-mcp"}},
+        "servers": {"notes": {
+            "command": sys.executable, "args": [str(DOWNSTREAM), str(marker)],
+            "tools": {"remove_note": {"constraints": ["approval required"],
+                                      "success_criteria": ["the note is gone"]}},
+        }},
+    }), "utf-8")
+    env = {"STAGE0_API_KEY": stage0_server.agent_key}
+    approver = Client(base_url=stage0_server.url, api_key=stage0_server.approver_key)
+    note = f"n-{tmp_path.name}"
+
+    def requests_for_the_note() -> list[str]:
+        items = httpx.get(f"{stage0_server.url}/v1/approvals", timeout=10,
+                          params={"limit": 500}, headers={"x-api-key": stage0_server.auditor_key}
+                          ).json()["items"]
+        return [a["approval_id"] for a in items if a["action"]["arguments"] == {"note": note}]
+
+    async def scenario() -> None:
+        async with proxy(["--config", str(config)], env, log) as session:
+            deferred = decision_of(await session.call_tool("notes__remove_note", {"note": note}))
+            approval_id = deferred["approval_id"]
+            await anyio.to_thread.run_sync(
+                lambda: approver.approvals.reject(approval_id, reason="keep it"))
+
+            again = decision_of(await session.call_tool("notes__remove_note", {"note": note}))
+            assert (again["verdict"], again["issues"]) == ("DENY", ["APPROVAL_REJECTED"])
+            assert requests_for_the_note() == [approval_id]  # nothing new for the approvers
+
+            asked_anew = decision_of(await session.call_tool("notes__remove_note",
+                                                             {"note": note}))
+            assert asked_anew["verdict"] == "DEFER"
+            assert asked_anew["approval_id"] != approval_id
+            assert marker_lines(marker) == []
+
+    try:
+        run(scenario, log)
+    finally:
+        approver.close()
+
+
 # -- the pieces, without processes -----------------------------------------------------------
 
 

@@ -158,11 +158,22 @@ def test_the_whole_path(db_url: str, tmp_path: Path) -> None:
         replay = consume(api, p.agent_key, token, digest)
         assert (replay.status_code, replay.json()["code"]) == (409, "TOKEN_ALREADY_CONSUMED")
 
-        # an approval allows its action once: a second ALLOW needs a new approval
+        # an approval allows its action once: a retry with it is denied, and opens nothing
         reuse = api.check(with_id, key=p.agent_key).json()
-        assert reuse["verdict"] == "DEFER"
-        assert "APPROVAL_EXPIRED" in [i["code"] for i in reuse["issues"]]
-        assert reuse["approval"]["approval_id"] != aid
+        assert (reuse["verdict"], reuse["decision"]) == ("DENY", "NO_GO")
+        codes = [i["code"] for i in reuse["issues"]]
+        assert "APPROVAL_ALREADY_USED" in codes
+        assert "APPROVAL_EXPIRED" not in codes
+        assert allowed["request_id"] in reuse["reason"]
+        assert "approval" not in reuse
+        assert reuse["decision_trace_summary"].startswith("DENY/NO_GO under ")
+        assert "deny: APPROVAL_ALREADY_USED" in reuse["decision_trace_summary"]
+        assert [a["approval_id"] for a in api.client.get(
+            "/v1/approvals", headers={"x-api-key": p.alice_key}).json()["items"]] == [aid]
+        # a new check without the id is a new request: it opens a new approval
+        again = api.check(PAYOUT, key=p.agent_key).json()
+        assert again["verdict"] == "DEFER"
+        assert again["approval"]["approval_id"] != aid
         used = api.client.get(f"/v1/approvals/{aid}", headers={"x-api-key": p.alice_key}).json()
         assert (used["status"], used["used_by_request"]) == ("used", allowed["request_id"])
 

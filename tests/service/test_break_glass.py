@@ -126,9 +126,9 @@ def test_break_glass_lets_one_action_through_a_closed_window(db_url: str) -> Non
         assert (claims["break_glass"], claims["approval_id"]) == (True, glass["approval_id"])
 
         again = api.check(with_approval(DEPLOY, glass["approval_id"]), key=p.agent).json()
-        assert again["verdict"] == "DEFER"  # used once: the window holds again
-        assert {"APPROVAL_EXPIRED", "OUTSIDE_CHANGE_WINDOW"} <= {i["code"] for i in
-                                                                  again["issues"]}
+        assert again["verdict"] == "DENY"  # used once: a retry with it is held back
+        assert {"APPROVAL_ALREADY_USED", "OUTSIDE_CHANGE_WINDOW"} <= {i["code"] for i in
+                                                                       again["issues"]}
         other = {**DEPLOY, "arguments": {"release": "2026.03.15"}}
         assert "APPROVAL_SCOPE_MISMATCH" in [
             i["code"] for i in api.check(with_approval(other, glass["approval_id"]),

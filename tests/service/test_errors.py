@@ -110,6 +110,9 @@ def test_every_refusal_carries_its_code(api: Api, monkeypatch: pytest.MonkeyPatc
     rid = str(uuid.uuid4())
     seen.refused(api.check({"goal": 7}, **{"x-request-id": rid}), "REQUEST_INVALID")
     seen.refused(api.check({"goal": 7}, **{"x-request-id": rid}), "REQUEST_INVALID")  # replay
+    seen.refused(client.post("/check", content=b'{"goal": "Summarize the incidents"}',
+                             headers={**admin, "content-type": "text/plain"}),
+                 "CONTENT_TYPE_UNSUPPORTED")
 
     # -- routing, the decision log, usage -------------------------------------------------
     seen.refused(client.get("/nope"), "NOT_FOUND")
@@ -160,6 +163,14 @@ def test_every_refusal_carries_its_code(api: Api, monkeypatch: pytest.MonkeyPatc
     seen.refused(consume(check_only, digest="0" * 64), "TOKEN_DIGEST_MISMATCH")
     assert consume(check_only).status_code == 200
     seen.refused(consume(check_only), "TOKEN_ALREADY_CONSUMED")
+
+    # -- failed authentications back off (after STAGE0_AUTH_BACKOFF_AFTER, 10) -------------
+    for _ in range(20):
+        guessed = api.check(request(), key="s0_guess")
+        if guessed.status_code != 401:
+            break
+    backing_off = seen.refused(guessed, "AUTH_BACKOFF")
+    assert guessed.headers["retry-after"] == str(backing_off["retry_after_seconds"])
 
     # -- failures -------------------------------------------------------------------------
     app = client.app

@@ -132,7 +132,7 @@ def check(source: str, at: datetime | None, policy_path: Path | None, pro: bool,
     if fmt == "json":
         click.echo(decision.to_json(indent=True))
     else:
-        click.echo(render_text(decision.body))
+        click.echo(render_text(decision))
     sys.exit(EXIT_CODES.get(decision.verdict, 20))
 
 

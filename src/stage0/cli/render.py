@@ -2,41 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
+
+from stage0.contract.response import Decision
 
 _VERDICT_COLOUR = {"ALLOW": "green", "DEFER": "yellow", "DENY": "red"}
 _EFFECT_COLOUR = {"DENY": "red", "DEFER": "yellow", "NONE": "bright_black"}
 
 
-def render_text(body: dict[str, Any]) -> str:
-    verdict = body["verdict"]
+def render_text(decision: Decision) -> str:
+    body = decision.body
+    verdict = decision.verdict
     lines = [
         click.style(f"{verdict}", fg=_VERDICT_COLOUR.get(verdict, "red"), bold=True)
-        + f"  ({body['decision']})  risk {body['risk_score']}"
+        + f"  ({decision.decision})  risk {decision.risk_score}"
         + ("  high-risk" if body["high_risk"] else ""),
-        f"policy    {body['policy_version']}",
-        f"request   {body['request_id']}",
+        f"policy    {decision.policy_version}",
+        f"request   {decision.request_id}",
     ]
-    if body["buckets"]:
-        lines.append(f"buckets   {', '.join(body['buckets'])}")
-    if body.get("environment"):
-        lines.append(f"env       {body['environment']}")
-    if body["issues"]:
+    if decision.buckets:
+        lines.append(f"buckets   {', '.join(decision.buckets)}")
+    if decision.environment:
+        lines.append(f"env       {decision.environment}")
+    if decision.issues:
         lines.append("")
         lines.append(click.style("issues", bold=True))
-        for issue in body["issues"]:
+        for issue in decision.issues:
             effect = issue["effect"]
             tag = click.style(f"{effect:5}", fg=_EFFECT_COLOUR.get(effect, "red"))
             lines.append(f"  {tag} {issue['code']} [{issue['severity']}]: {issue['message']}")
             lines.append(f"        fix: {issue['remediation']}")
-    for title, key in (("to move this forward", "defer_questions"),
-                       ("to clarify", "clarifying_questions")):
-        if body[key]:
+    for title, questions in (("to move this forward", body["defer_questions"]),
+                             ("to clarify", body["clarifying_questions"])):
+        if questions:
             lines.append("")
             lines.append(click.style(title, bold=True))
-            lines.extend(f"  - {q}" for q in body[key])
+            lines.extend(f"  - {q}" for q in questions)
     if body["guardrails"]:
         lines.append("")
         lines.append(click.style("guardrails", bold=True))

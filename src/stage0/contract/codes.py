@@ -118,6 +118,12 @@ _ALL = [
         "Do not execute; open a new request if the action is still needed",
     ),
     _spec(
+        "APPROVAL_ALREADY_USED", V,
+        "The approval was already used for one execution of this action",
+        "Do not execute again; check without `context.approval_id` to request a new approval "
+        "if the action must run once more",
+    ),
+    _spec(
         "ROLE_NOT_AUTHORIZED", V,
         "The actor's role is not allowed to perform this action",
         "Run the action as a principal holding one of the required roles",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -20,8 +19,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from stage0.contract.errors import FieldPathError, RequestValidationError
+from stage0.contract.names import name_problem, principal_problem
+from stage0.contract.strict_json import check_strict
 
 MAX_BODY_BYTES = 1_000_000
 MAX_LIST_ITEMS = 200
@@ -41,28 +43,39 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _ascii_name(value: str) -> str:
-    """Tool names and side effects are identifiers: after NFKC normalisation and removal of
-    invisible format characters they must be ASCII, so look-alike letters (a Cyrillic a,
-    U+0430, in ``payout``) cannot slip a name past the classifier."""
-    if value.isascii():  # NFKC leaves ASCII as it is, and no ASCII character is a format one
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
-    text = "".join(
-        c for c in unicodedata.normalize("NFKC", value) if unicodedata.category(c) != "Cf"
-    )
-    if not text.isascii():
-        raise ValueError(f"`{value}` has non-ASCII characters; names must be ASCII identifiers")
-    if not text.strip():
-        raise ValueError("must not be blank")
+def _checked_name(value: str) -> str:
+    """Tool names and side effects are identifiers (stage0.contract.names): a control character
+    or non-ASCII whitespace is refused, and after NFKC normalisation and removal of invisible
+    format characters what remains must be ASCII, so look-alike letters (a Cyrillic a, U+0430,
+    in ``payout``) cannot slip a name past the classifier. The value is kept as sent; the
+    engine classifies its canonical form."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(*problem)
+    return value
+
+
+def _checked_environment(value: str) -> str:
+    """An environment follows the name rules, except that a blank one is no environment."""
+    problem = name_problem(value)
+    if problem is not None and problem[0] != "name_blank":
+        raise PydanticCustomError(*problem)
+    return value
+
+
+def _checked_principal(value: str) -> str:
+    problem = principal_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(*problem)
     return value
 
 
 Item = Annotated[str, Field(max_length=MAX_ITEM_CHARS)]
 ItemList = Annotated[list[Item], Field(max_length=MAX_LIST_ITEMS)]
-Name = Annotated[str, Field(max_length=MAX_ITEM_CHARS), AfterValidator(_ascii_name)]
+Name = Annotated[str, Field(max_length=MAX_ITEM_CHARS), AfterValidator(_checked_name)]
 NameList = Annotated[list[Name], Field(max_length=MAX_LIST_ITEMS)]
+Environment = Annotated[str, Field(max_length=MAX_ITEM_CHARS), AfterValidator(_checked_environment)]
+Principal = Annotated[str, Field(max_length=MAX_ITEM_CHARS), AfterValidator(_checked_principal)]
 Timestamp = Annotated[datetime, Field(description="ISO-8601; a value without a zone is UTC")]
 
 
@@ -95,8 +108,8 @@ class Context(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     actor_role: Item | None = None
-    actor_id: Item | None = None
-    environment: Item | None = None
+    actor_id: Principal | None = None
+    environment: Environment | None = None
     approval_status: Annotated[ApprovalStatus | None, BeforeValidator(_lower)] = None
     approved_by: Item | None = None
     approved_at: Timestamp | None = None
@@ -148,7 +161,7 @@ class CheckRequest(BaseModel):
     context: Context | None = None
     pro: StrictBool | None = None
     policy_pack_version: Item | None = None
-    environment: Item | None = None
+    environment: Environment | None = None
     arguments: dict[str, Any] | None = None
 
     @field_validator("goal", mode="after")
@@ -214,6 +227,7 @@ def parse_request(body: bytes | str | dict[str, Any]) -> CheckRequest:
                     f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}",
                     "too_large",
                 )
+            check_strict(raw)  # finite numbers, unique member names (contract/strict_json.py)
             # What CheckRequest.model_validate_json(raw) does, without its argument handling.
             return CheckRequest.__pydantic_validator__.validate_json(raw)  # type: ignore[no-any-return]
         if not isinstance(body, dict):

@@ -31,6 +31,8 @@ class ApprovalEvidence:
     requires_mfa: bool = False
     eligible_roles: frozenset[str] = frozenset()
     """The rule the approval was granted under (checked against the deciding pack's)."""
+    used_by: str | None = None
+    """For a used approval, the request that used it."""
 
 
 class ApprovalResolver(Protocol):
@@ -161,9 +163,12 @@ def _unusable(evidence: ApprovalEvidence, approval_id: str, at: datetime,
                 f"Approval `{approval_id}` was granted for a different action "
                 "(its action digest differs from this request's)")
     if evidence.status == "used":
-        return ("APPROVAL_EXPIRED",
-                f"Approval `{approval_id}` was already used for one execution; an approval "
-                "allows the action once")
+        # A retry racing for an execution that already happened, not a new request: one DENY
+        # for every loser, and no new approval request in the approvers' inbox.
+        by = f" by request `{evidence.used_by}`" if evidence.used_by else ""
+        return ("APPROVAL_ALREADY_USED",
+                f"Approval `{approval_id}` was already used{by}; an approval allows its action "
+                "once")
     if _expired(evidence, at):
         return "APPROVAL_EXPIRED", f"Approval `{approval_id}` has expired"
     if evidence.status != "approved":

@@ -14,9 +14,9 @@ from typing import Final
 from stage0.contract.codes import ERROR_CODES
 from stage0.contract.effects import stricter
 from stage0.contract.issues import EffectName, Issue
-from stage0.contract.response import Decision, Verdict
+from stage0.contract.response import DecisionCode, Verdict
 
-TABLE: Final[Mapping[tuple[bool, EffectName], tuple[Verdict, Decision]]] = MappingProxyType({
+TABLE: Final[Mapping[tuple[bool, EffectName], tuple[Verdict, DecisionCode]]] = MappingProxyType({
     # (any issue of kind error, strictest effect): (verdict, decision)
     (True, "DENY"): ("DENY", "ERROR"),
     (True, "DEFER"): ("DENY", "ERROR"),
@@ -28,7 +28,7 @@ TABLE: Final[Mapping[tuple[bool, EffectName], tuple[Verdict, Decision]]] = Mappi
 """Every row: each of the two flags' values with each effect."""
 
 
-def combine(issues: Iterable[Issue]) -> tuple[Verdict, Decision]:
+def combine(issues: Iterable[Issue]) -> tuple[Verdict, DecisionCode]:
     """The verdict and decision for ``issues`` (the engine does the same in its one pass over
     the issues, :func:`stage0.engine.respond.respond`)."""
     error = False

@@ -18,6 +18,7 @@ import orjson
 from stage0.contract.codes import CODES
 from stage0.contract.effects import is_stricter_verdict
 from stage0.contract.request import CheckRequest, parse_request
+from stage0.contract.response import Decision, ResponseBody
 from stage0.engine import checks
 from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
 from stage0.engine.constraints import ConstraintParser
@@ -47,34 +48,6 @@ def uuid4_id(_urandom: Callable[[int], bytes] = os.urandom) -> str:
     ``str(uuid.uuid4())`` returns, from the same 16 random bytes, without building a ``UUID``."""
     h = _urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-class Decision:
-    """A decision: the response body (CONTRACT section 2) and typed accessors."""
-
-    __slots__ = ("body",)
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    @property
-    def verdict(self) -> str:
-        return str(self.body["verdict"])
-
-    @property
-    def decision(self) -> str:
-        return str(self.body["decision"])
-
-    @property
-    def request_id(self) -> str:
-        return str(self.body["request_id"])
-
-    @property
-    def issue_codes(self) -> list[str]:
-        return [i["code"] for i in self.body["issues"]]
-
-    def to_json(self, *, indent: bool = False) -> bytes:
-        return orjson.dumps(self.body, option=orjson.OPT_INDENT_2 if indent else 0)
 
 
 class Engine:
@@ -239,7 +212,7 @@ class Engine:
         at: datetime,
         tenant: str,
         input_sha256: str,
-    ) -> dict[str, Any]:
+    ) -> ResponseBody:
         classify = self._classify
         f = derive_facts(  # positional: keyword arguments cost time on every decision
             request, policy, at, tenant, classify(request) if classify is not None else None,

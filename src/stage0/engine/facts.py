@@ -74,7 +74,7 @@ def classify(
     for effect in effects:
         buckets.extend(policy.effect_buckets(effect))
     bucket_names = tuple(b.name for b in policy.buckets if b.name in buckets)
-    write = [e for e in effects if e in policy.write_class]
+    write = [e for e in effects if policy.is_write_class(e)]
     write.extend(b for b in bucket_names if b not in write)
     weights = sorted((policy.bucket(b).risk_weight for b in bucket_names), reverse=True)
     risk = weights[0] + policy.risk.extra_bucket * (len(weights) - 1) if weights else 0

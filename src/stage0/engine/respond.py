@@ -1,7 +1,8 @@
 """The response body (CONTRACT section 2), assembled once from the findings of the checks.
 
 :func:`respond` makes a decided body, :func:`failed` the fail-closed one. Both are plain
-mappings on the hot path; ``stage0.contract.response.CheckResponse`` is their schema.
+mappings on the hot path, typed as ``stage0.contract.response.ResponseBody``; the engine hands
+them out as the one response type, ``stage0.contract.response.Decision``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from stage0.contract.codes import ERROR_CODES
 from stage0.contract.effects import EFFECT_RANK
 from stage0.contract.issues import EffectName, Issue
 from stage0.contract.request import CheckRequest
+from stage0.contract.response import IssueBody, ResponseBody, failed_body
 from stage0.engine.combine import TABLE
 from stage0.engine.facts import Facts
 from stage0.engine.findings import Findings
@@ -42,12 +44,12 @@ def respond(
     guardrails: list[str],
     cost_estimate: dict[str, Any] | None,
     version: str,
-) -> dict[str, Any]:
+) -> ResponseBody:
     """The response body. ``cost_estimate`` is the loop check's own fresh mapping."""
     # One pass over the issues: their JSON form, the reason, the trace's codes by effect, the
     # questions (a spec's question goes with its issue's effect: DEFER, or NONE for clarifying)
     # and the two inputs of the combining table.
-    issues: list[dict[str, str]] = []
+    issues: list[IssueBody] = []
     reasons: list[str] = []
     deny: list[str] = []
     defer: list[str] = []
@@ -137,35 +139,13 @@ def failed(
     at: datetime,
     input_sha256: str,
     issue: Issue,
-) -> dict[str, Any]:
+) -> ResponseBody:
     """The fail-closed body: ``DENY``/``ERROR`` with the one issue that says why."""
-    version = policy.policy_version if policy is not None else "none"
     ctx_env = request.context.environment if request.context is not None else None
-    return {
-        "verdict": "DENY",
-        "decision": "ERROR",
-        "request_id": rid,
-        "policy_version": version,
-        "policy_pack_version": version,
-        "issues": [issue.to_dict()],
-        "reason": f"{issue.code}: {issue.message}",
-        "risk_score": 100,
-        "high_risk": True,
-        "clarifying_questions": [],
-        "defer_questions": [],
-        "guardrails": [],
-        "guardrail_checks": {"unrecognized_constraints": []},
-        "value_findings": [],
-        "cost_estimate": None,
-        "decision_trace_summary": f"DENY/ERROR: failed closed ({issue.code})",
-        "timestamp": now.timestamp(),
-        "evaluated_at": at.timestamp(),
-        "cached": False,
-        "environment": ctx_env if ctx_env is not None else request.environment,
-        "action_digest": "",
-        "input_sha256": input_sha256,
-        "policy_sha256": policy.sha256 if policy is not None else "",
-        "buckets": [],
-        "ignored_fields": request.unknown_fields,
-        "shadow_issues": [],
-    }
+    return failed_body(
+        issue, request_id=rid, now=now.timestamp(), at=at.timestamp(),
+        policy_version=policy.policy_version if policy is not None else "none",
+        policy_sha256=policy.sha256 if policy is not None else "",
+        environment=ctx_env if ctx_env is not None else request.environment,
+        input_sha256=input_sha256, ignored_fields=request.unknown_fields,
+    )

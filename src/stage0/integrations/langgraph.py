@@ -29,6 +29,13 @@ arguments (they go into the request's ``arguments``, so into the action digest).
 All calls are decided before any tool runs, and tokens are consumed only after every DEFER is
 resolved: a node that is interrupted and later resumed (LangGraph re-runs it from the start)
 never runs a tool twice, and never consumes a token for a tool it did not run.
+
+Every check is a LangGraph task (``langgraph.func.task``), so its answer is saved with the
+checkpoint: the re-run on resume replays the answers instead of asking again — in another
+process too, with any persistent checkpointer. A resume is therefore bound to the approval the
+interrupt showed: once that approval is rejected, expired or used, the call ends with an error
+``ToolMessage`` (``APPROVAL_REJECTED``, ``APPROVAL_EXPIRED``, ``APPROVAL_ALREADY_USED``); it never
+interrupts again for another approval request.
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ from typing import Any
 from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
+from langgraph.func import task
 from langgraph.prebuilt import ToolNode
 from langgraph.types import Command, interrupt
 
 from stage0.sdk.client import CheckResult, Client, LocalEngine, StageZeroError
-from stage0.sdk.guard import build_request
+from stage0.sdk.guard import approval_ended, build_request
 
 ContextSource = Mapping[str, Any] | Callable[[ToolCall, RunnableConfig], Mapping[str, Any]]
 
@@ -60,6 +68,33 @@ class _Outcome:
     body: dict[str, Any]
     result: CheckResult
     note: str | None = None  # why a non-ALLOW result stops the call, when not Stage0's reason
+    approval_id: str | None = None  # the approval the call waited for, if any
+
+
+class _Checks:
+    """The node's Stage0 checks during one run of the node, each a LangGraph task: LangGraph
+    saves its answer with the checkpoint and, when the node runs again on resume, replays it
+    (matched by order) instead of calling Stage0 again. ``fresh`` holds the request ids this
+    run of the node actually asked about."""
+
+    def __init__(self, client: Client | LocalEngine) -> None:
+        self.client = client
+        self.fresh: set[str] = set()
+
+        def stage0_check(body: dict[str, Any]) -> dict[str, Any]:
+            result = self.client.check(body)
+            if result.request_id:
+                self.fresh.add(result.request_id)
+            return {"body": result.body, "status_code": result.status_code}
+
+        self._task = task(stage0_check)
+
+    def __call__(self, body: dict[str, Any]) -> CheckResult:
+        saved = self._task(body).result()
+        return CheckResult(saved["body"], saved["status_code"])
+
+    def replayed(self, result: CheckResult) -> bool:
+        return result.request_id not in self.fresh
 
 
 def _messages(state: Any, key: str) -> Sequence[Any]:
@@ -148,14 +183,16 @@ class Stage0ToolNode:
     def __call__(self, state: Any, config: RunnableConfig) -> Any:
         calls = _latest_tool_calls(state, self.messages_key)
         unknown = [c for c in calls if c["name"] not in self.tools_by_name]
-        # 1. decide every call before anything runs (LangGraph re-runs this node on resume)
+        check = _Checks(self.client)
+        # 1. decide every call before anything runs (LangGraph re-runs this node on resume;
+        #    the checks are tasks, so the re-run replays their answers)
         outcomes: list[_Outcome] = []
         for call in calls:
             if call["name"] in self.tools_by_name:
                 body = self.request_for(call, config)
-                outcomes.append(_Outcome(call, body, self.client.check(body)))
+                outcomes.append(_Outcome(call, body, check(body)))
         # 2. resolve each DEFER with an approval, in call order (interrupt indices are stable)
-        outcomes = [self._resolve(o) for o in outcomes]
+        outcomes = [self._refreshed(self._resolve(o, check), check) for o in outcomes]
         # 3. consume the tokens of the allowed calls, then run them (and the unknown ones,
         #    which the inner ToolNode answers with its usual error)
         blocked: list[ToolMessage] = []
@@ -169,19 +206,42 @@ class Stage0ToolNode:
         ran = self._run(to_run, config) if to_run else {self.messages_key: []}
         return self._merge(calls, blocked, ran)
 
-    def _resolve(self, outcome: _Outcome) -> _Outcome:
+    def _resolve(self, outcome: _Outcome, check: _Checks) -> _Outcome:
+        """Interrupt for a DEFER's approval until the human gives up or Stage0 settles it. The
+        re-check names the approval; when Stage0 says it has ended and attaches another
+        request (the named one expired), the call ends: it does not wait for an approval
+        nobody was shown."""
+        waited: str | None = None
         while outcome.result.verdict == "DEFER" and outcome.result.approval:
-            approval = outcome.result.approval
-            own_id = str(approval.get("approval_id", ""))
+            own_id = str(outcome.result.approval.get("approval_id", ""))
+            if approval_ended(outcome.result, waited):
+                return _Outcome(outcome.call, outcome.body, outcome.result,
+                                f"approval `{waited}` can no longer be used "
+                                f"({', '.join(outcome.result.issue_codes) or 'no reason'}); "
+                                "the call ends here", waited)
             answer = interrupt(self._interrupt_payload(outcome))
             approval_id = _resume_approval_id(answer, own_id)
             if not approval_id:
                 return _Outcome(outcome.call, outcome.body, outcome.result,
-                                f"approval `{own_id}` was not granted (resumed with {answer!r})")
+                                f"approval `{own_id}` was not granted (resumed with {answer!r})",
+                                own_id)
             body = {**outcome.body,
                     "context": {**outcome.body.get("context", {}), "approval_id": approval_id}}
-            outcome = _Outcome(outcome.call, body, self.client.check(body))
+            outcome = _Outcome(outcome.call, body, check(body), None, approval_id)
+            waited = approval_id
         return outcome
+
+    def _refreshed(self, outcome: _Outcome, check: _Checks) -> _Outcome:
+        """An ALLOW replayed from an earlier run of the node carries a token signed back then,
+        which may have expired while a human decided on another call: unless it used a
+        server-side approval (which allows its action once), ask Stage0 again for a fresh one."""
+        result = outcome.result
+        approval_check = result.body.get("guardrail_checks", {}).get("approval", {})
+        if not (result.allowed and result.execution_token and check.replayed(result)
+                and not approval_check.get("verified")):
+            return outcome
+        return _Outcome(outcome.call, outcome.body, self.client.check(outcome.body),
+                        outcome.note, outcome.approval_id)
 
     def _interrupt_payload(self, outcome: _Outcome) -> dict[str, Any]:
         result, approval = outcome.result, outcome.result.approval or {}
@@ -216,8 +276,8 @@ class Stage0ToolNode:
     def _blocked_message(outcome: _Outcome, refusal: tuple[str, str] | None) -> ToolMessage:
         result = outcome.result
         verdict = "DENY" if refusal else result.verdict
-        approval_id = (result.approval or {}).get("approval_id") or outcome.body.get(
-            "context", {}).get("approval_id")
+        approval_id = outcome.approval_id or (result.approval or {}).get(
+            "approval_id") or outcome.body.get("context", {}).get("approval_id")
         reason = (refusal[0] if refusal else outcome.note or result.body.get("reason")
                   or "not allowed")
         codes = [*result.issue_codes, *([refusal[1]] if refusal else [])]

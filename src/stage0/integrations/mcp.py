@@ -17,8 +17,9 @@ separator, the character set and the length limit), and gates every ``tools/call
   (``isError: true``, no ``structuredContent``, so it is valid whatever the tool's
   ``outputSchema``) whose text names the verdict, request_id, policy_version, the issue codes
   and the approval id, and whose ``_meta[META_KEY]`` has the same fields. Once the approval is
-  granted, the same call again goes through: the gateway finds the granted approval for the same
-  action and checks again with its id.
+  granted, the same call again goes through: the gateway checks again with the id of the
+  approval it returned for that call (or finds the granted one for the same action). When that
+  approval was rejected, expired or used, the same call again ends with that outcome, once.
 
 Needs the optional dependency group ``stage0-authz[mcp]``; the core package never imports this
 module.
@@ -27,6 +28,7 @@ module.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -67,6 +69,8 @@ from stage0.integrations.mcp_config import (
 from stage0.sdk.client import AsyncClient, CheckResult
 from stage0.sdk.guard import (
     ActionBlocked,
+    ActionDeferred,
+    approval_ended,
     build_request,
     enforce_async,
 )
@@ -245,6 +249,9 @@ class Gateway:
         self._stack = AsyncExitStack()
         self.sessions: dict[str, ClientSession] = {}
         self.routes: dict[str, Route] = {}
+        self.awaiting: dict[str, str] = {}
+        """The approval each deferred call waits for, by the call's request (its SHA-256):
+        the same call again retries with it. Kept in memory, for the last 1024 calls."""
         self.server: Server[Any] = Server(
             "stage0-mcp-proxy", version=__version__,
             instructions="Every tool call is authorized by Stage0 before it is forwarded.",
@@ -320,9 +327,18 @@ class Gateway:
         if route is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown tool `{name}`")
         body = check_request(self.config, route, arguments)
+        call = hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).hexdigest()
+        waited = self.awaiting.pop(call, None)
+        if waited:
+            body["context"]["approval_id"] = waited
         try:
             decision = await authorize(self.client, body, self.config.stage0.wait_for_approval)
         except ActionBlocked as exc:
+            approval_id = (exc.approval or {}).get("approval_id")
+            if isinstance(exc, ActionDeferred) and approval_id \
+                    and not approval_ended(exc.result, waited):
+                self.awaiting = {**dict(list(self.awaiting.items())[-1023:]),
+                                 call: str(approval_id)}
             log.info("%s %s request_id=%s issues=%s", exc.result.verdict, route.qualified,
                      exc.request_id, ",".join(exc.result.issue_codes))
             return blocked_result(exc, route.qualified)

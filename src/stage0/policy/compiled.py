@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from stage0.policy.cel import CompiledRule
-from stage0.policy.matching import GlobMatcher, normalize_name
+from stage0.policy.matching import GlobMatcher, normalize_name, squash
 from stage0.policy.schema import PackDocument, RiskWeights
 from stage0.policy.windows import CompiledWindow
 
@@ -67,6 +67,8 @@ class CompiledBucket:
     rollback_plan: RollbackRule
     mfa: bool
     ticket: bool
+    effect_matcher: GlobMatcher | None = None
+    """``side_effects`` as globs (a literal matches by :func:`squash`); ``None``: exact names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,9 @@ class CompiledPolicy:
     """``None`` when the pack turns break-glass off."""
     _tool_cache: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     _effect_buckets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    _effect_cache: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _write_keys: frozenset[str] | None = None
+    """``write_class`` by :func:`squash` (``None``: computed from it on first use)."""
     _bucket_index: Mapping[str, CompiledBucket] = field(default_factory=dict)
     _rule_index: RuleIndex = field(default_factory=lambda: RuleIndex(()))
     _rule_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[CompiledRule, ...]] = field(
@@ -128,7 +133,31 @@ class CompiledPolicy:
         )
 
     def effect_buckets(self, side_effect: str) -> tuple[str, ...]:
-        return self._effect_buckets.get(side_effect, ())
+        """The buckets a normalised side effect falls in, separator-insensitively:
+        ``data.deletion`` and ``datadeletion`` are ``data_deletion``."""
+        hit = self._effect_cache.get(side_effect)
+        if hit is None:
+            key = squash(side_effect)
+            hit = tuple(
+                b.name for b in self.buckets
+                if (b.effect_matcher(side_effect) if b.effect_matcher is not None
+                    else key in self._squashed_effects(b))
+            )
+            if len(self._effect_cache) < _CACHE_LIMIT:
+                self._effect_cache[side_effect] = hit
+        return hit
+
+    @staticmethod
+    def _squashed_effects(bucket: CompiledBucket) -> frozenset[str]:
+        return frozenset(squash(e) for e in bucket.side_effects)
+
+    def is_write_class(self, side_effect: str) -> bool:
+        """Whether a normalised side effect is write-class, separator-insensitively."""
+        keys = self._write_keys
+        if keys is None:
+            keys = frozenset(squash(e) for e in self.write_class)
+            object.__setattr__(self, "_write_keys", keys)
+        return squash(side_effect) in keys
 
     def bucket(self, name: str) -> CompiledBucket:
         return self._bucket_index[name]
@@ -190,8 +219,8 @@ class RuleIndex:
         for r in self._tool_scoped:
             literal = [g for g in r.tool_globs if not any(c in g for c in "*?[")]
             if len(literal) == len(r.tool_globs):
-                for g in literal:
-                    self._exact.setdefault(normalize_name(g), []).append(r)
+                for g in literal:  # separator-insensitive, as the globs are
+                    self._exact.setdefault(squash(normalize_name(g)), []).append(r)
             else:
                 self._wild.append(r)
         self._by_tool: dict[str, tuple[CompiledRule, ...]] = {}
@@ -203,7 +232,7 @@ class RuleIndex:
     def rules_for_tool(self, tool: str) -> tuple[CompiledRule, ...]:
         hit = self._by_tool.get(tool)
         if hit is None:
-            found = list(self._exact.get(tool, ()))
+            found = list(self._exact.get(squash(tool), ()))
             found.extend(r for r in self._wild if self._matchers[r.index](tool))
             hit = tuple(found)
             if len(self._by_tool) < _CACHE_LIMIT:

@@ -28,7 +28,7 @@ from stage0.policy.compiled import (
 )
 from stage0.policy.extends import BUILTIN, resolve
 from stage0.policy.lint.codes import Located, Location, YamlPath, dotted, lint_issue, schema_code
-from stage0.policy.matching import GlobMatcher, normalize_name
+from stage0.policy.matching import GlobMatcher, normalize_name, squash
 from stage0.policy.schema import ApprovalRules, PackDocument, parse_duration
 from stage0.policy.windows import DAY_INDEX, CompiledWindow
 
@@ -180,6 +180,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             rollback_plan=b.require.rollback_plan,
             mfa=b.require.mfa,
             ticket=b.require.ticket,
+            effect_matcher=GlobMatcher(b.side_effects),
         )
         for name, b in doc.buckets.items()
     )
@@ -245,6 +246,7 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             expires_in=parse_duration(doc.break_glass.expires_in),
         ) if doc.break_glass.enabled else None,
         _effect_buckets=index_effect_buckets(buckets),
+        _write_keys=frozenset(squash(normalize_name(s)) for s in doc.side_effects.write_class),
         _bucket_index=MappingProxyType({b.name: b for b in buckets}),
         _rule_index=RuleIndex(tuple(rules)),
     )

@@ -83,18 +83,46 @@ def _with_approval(body: dict[str, Any], approval_id: str) -> dict[str, Any]:
     return {**body, "context": {**body.get("context", {}), "approval_id": approval_id}}
 
 
+APPROVAL_ENDED = frozenset({"APPROVAL_REJECTED", "APPROVAL_ALREADY_USED", "APPROVAL_EXPIRED",
+                            "APPROVAL_SCOPE_MISMATCH"})
+"""The codes that say the approval a request named can no longer allow it."""
+
+
+def approval_ended(result: CheckResult, approval_id: str | None) -> bool:
+    """Whether ``result``, the answer to a request naming ``approval_id``, says that approval
+    can no longer be used (rejected, used, expired, or for another action). Stage0 may then
+    attach a new request for the action; a call waiting for the named one ends instead."""
+    if not approval_id or not APPROVAL_ENDED & set(result.issue_codes):
+        return False
+    return (result.approval or {}).get("approval_id") != approval_id
+
+
+def _followable(result: CheckResult, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The approval request of a DEFER that the guard may wait for and retry with, else
+    ``None``: not when the request named an approval (``context.approval_id``, say a retry in
+    another process after a hand-over) that has ended — that call ends here, with the DEFER,
+    rather than following the new request Stage0 opened."""
+    approval = result.approval
+    if result.verdict != "DEFER" or not approval:
+        return None
+    if approval_ended(result, (body.get("context") or {}).get("approval_id")):
+        return None
+    return approval
+
+
 def enforce(client: Client | LocalEngine, body: dict[str, Any],
             wait_for_approval: float | None = None) -> CheckResult:
     """Check ``body``; return the ALLOW result (its token verified and consumed) or raise.
 
     A DEFER whose approval request is already decided (granted since it was first asked) is
     checked again at once with ``context.approval_id``; with ``wait_for_approval`` a pending
-    one is waited for first. Stage0 then says what the decision means (ALLOW, or DENY for a
-    rejection).
+    one is waited for first. Stage0 then says what the decision means (ALLOW; DENY for a
+    rejection, or for an approval another call already used; DEFER for an expired one). The
+    call is re-checked at most once: a rejected, expired or used approval ends it.
     """
     result = client.check(body)
-    approval = result.approval
-    if result.verdict == "DEFER" and approval:
+    approval = _followable(result, body)
+    if approval:
         approval_id = str(approval["approval_id"])
         status = approval.get("status")
         if status == "pending" and wait_for_approval and isinstance(client, Client):
@@ -121,8 +149,8 @@ async def enforce_async(client: AsyncClient, body: dict[str, Any],
                         wait_for_approval: float | None = None) -> CheckResult:
     """:func:`enforce` for an :class:`AsyncClient`."""
     result = await client.check(body)
-    approval = result.approval
-    if result.verdict == "DEFER" and approval:
+    approval = _followable(result, body)
+    if approval:
         approval_id = str(approval["approval_id"])
         status = approval.get("status")
         if status == "pending" and wait_for_approval:
@@ -218,5 +246,5 @@ def guarded(
     yield enforce(client or Client(), body, wait_for_approval)
 
 
-__all__ = ["ActionBlocked", "ActionDeferred", "ActionDenied", "enforce", "enforce_async",
-           "guard", "guarded"]
+__all__ = ["APPROVAL_ENDED", "ActionBlocked", "ActionDeferred", "ActionDenied", "approval_ended",
+           "enforce", "enforce_async", "guard", "guarded"]

@@ -3,13 +3,14 @@ an HTTP answer (:func:`interpret`): anything but a well-formed verdict is a DENY
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from stage0.contract import CODES
+from stage0.contract.response import Decision, ResponseBody, failed_body
 
 DEFAULT_BASE = "http://127.0.0.1:8000"
 _VERDICTS = {"ALLOW": "GO", "DEFER": "DEFER", "DENY": "NO_GO"}
@@ -34,68 +35,44 @@ class TokenRejected(StageZeroError):
     """An execution token failed offline verification or could not be consumed."""
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """A decision. ``allowed`` is true only for a well-formed ALLOW/GO."""
+class CheckResult(Decision):
+    """A decision as the client holds it: the one response type
+    (:class:`stage0.contract.response.Decision`) plus how it arrived (``status_code``: 200 for
+    a decision, the HTTP status of a refusal, 0 when no answer came; ``retry_after``).
 
-    body: dict[str, Any]
-    status_code: int = 200
-    retry_after: int | None = None
+    ``allowed`` is true only for a well-formed ALLOW/GO. A result the SDK made itself because no
+    decision came (transport failure, refusal, malformed answer) has the engine's fail-closed
+    shape, with ``request_id`` and ``policy_version`` ``None`` when the server named neither.
+    """
 
-    @property
-    def verdict(self) -> str:
-        return str(self.body.get("verdict", "DENY"))
+    __slots__ = ("retry_after", "status_code")
 
-    @property
-    def decision(self) -> str:
-        return str(self.body.get("decision", "ERROR"))
+    def __init__(self, body: Mapping[str, Any], status_code: int = 200,
+                 retry_after: int | None = None) -> None:
+        # A body from the wire is only checked for its verdict (``interpret``); the accessors
+        # read the rest defensively.
+        super().__init__(cast(ResponseBody, body))
+        self.status_code = status_code
+        self.retry_after = retry_after
 
-    @property
-    def allowed(self) -> bool:
-        return self.verdict == "ALLOW" and self.decision == "GO"
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CheckResult):
+            return NotImplemented
+        return (self.body, self.status_code, self.retry_after) == (
+            other.body, other.status_code, other.retry_after)
 
-    @property
-    def request_id(self) -> str | None:
-        value = self.body.get("request_id")
-        return value if isinstance(value, str) else None
-
-    @property
-    def policy_version(self) -> str | None:
-        value = self.body.get("policy_version")
-        return value if isinstance(value, str) else None
-
-    @property
-    def issues(self) -> list[dict[str, Any]]:
-        issues = self.body.get("issues")
-        return issues if isinstance(issues, list) else []
-
-    @property
-    def issue_codes(self) -> list[str]:
-        return [str(i.get("code")) for i in self.issues if isinstance(i, dict)]
-
-    @property
-    def approval(self) -> dict[str, Any] | None:
-        value = self.body.get("approval")
-        return value if isinstance(value, dict) else None
-
-    @property
-    def execution_token(self) -> str | None:
-        value = self.body.get("execution_token")
-        return value if isinstance(value, str) else None
-
-    @property
-    def action_digest(self) -> str | None:
-        value = self.body.get("action_digest")
-        return value if isinstance(value, str) else None
+    __hash__ = None  # type: ignore[assignment]  # mutable body: not hashable
 
 
 def failed_closed(code: str, message: str, *, status: int = 0, request_id: str | None = None,
                   retry_after: int | None = None, extra: Mapping[str, Any] | None = None,
                   ) -> CheckResult:
-    issue = CODES[code].issue(message).to_dict()
-    body = {"verdict": "DENY", "decision": "ERROR", "request_id": request_id,
-            "policy_version": None, "issues": [issue], "reason": f"{code}: {message}",
-            **(extra or {})}
+    """The fail-closed result of a call that brought no decision: the engine's shape
+    (:func:`stage0.contract.response.failed_body`) with the one issue that says why."""
+    body: dict[str, Any] = dict(failed_body(CODES[code].issue(message), request_id="",
+                                            now=time.time()))
+    body.update(request_id=request_id, policy_version=None, policy_pack_version=None)
+    body.update(extra or {})
     return CheckResult(body, status, retry_after)
 
 

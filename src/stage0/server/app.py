@@ -28,8 +28,9 @@ __all__ = ["Settings", "Stage0App", "create_api"]
 
 log = logging.getLogger("stage0.server")
 
-CheckHandler = Callable[[Callable[[str], str | None], bytes, int],
+CheckHandler = Callable[[Callable[[str], str | None], bytes, int, str],
                         Awaitable[tuple[int, bytes, dict[str, str]]]]
+"""``decide_check`` bound to the state: headers, body, the size sent, the client's address."""
 
 
 class Stage0App(FastAPI):
@@ -68,7 +69,9 @@ async def _fast_check(handler: CheckHandler, scope: Scope, receive: Receive,
             if len(body) <= MAX_BODY_BYTES:
                 body += chunk
             more = message.get("more_body", False)
-        status, content, extra = await handler(headers.get, bytes(body), size)
+        client = scope.get("client")
+        status, content, extra = await handler(headers.get, bytes(body), size,
+                                               client[0] if client else "")
         out = [(b"content-type", b"application/json"),
                (b"content-length", str(len(content)).encode())]
         out.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())

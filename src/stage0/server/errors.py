@@ -45,6 +45,10 @@ CODES: dict[str, ErrorCode] = _catalogue(
     ("NOT_FOUND", 404, "no such route"),
     ("METHOD_NOT_ALLOWED", 405, "the route does not take this method"),
     ("REQUEST_INVALID", 422, "the request (body, path or query) does not match the contract"),
+    ("CONTENT_TYPE_UNSUPPORTED", 415, "the body is declared as something other than JSON "
+                                      "(`application/json`, `application/*+json`, UTF-8)"),
+    ("AUTH_BACKOFF", 429, "too many failed authentications from this source or for this key "
+                          "(`retry_after_seconds`)"),
     ("FAIL_CLOSED", 503, "the service cannot decide (the decision log is unavailable); the "
                          "body still says `verdict: DENY`"),
     ("INTERNAL_ERROR", 500, "an unexpected error (logged)"),

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from stage0.contract import CODES, CheckRequest, RequestValidationError
-from stage0.engine.evaluate import Decision
+from stage0.contract.response import Decision
 from stage0.store.keys import ApiKey
 from stage0.store.redact import redact
 
@@ -66,8 +66,9 @@ class Job:
         if self._logged is None:
             try:
                 request_obj = orjson.loads(self.raw)
-            except orjson.JSONDecodeError:
-                request_obj = {"_unparsed": self.raw[:4096].decode("utf-8", "replace")}
+            except orjson.JSONDecodeError:  # nothing to redact by key: keep no text of it
+                request_obj = {"_unparsed": {"sha256": self.input_sha256,
+                                             "bytes": len(self.raw)}}
             redacted, masked = redact(request_obj)
             self._logged = (orjson.dumps(redacted).decode(), orjson.dumps(masked).decode())
         return self._logged

@@ -30,8 +30,20 @@ REFUSED = Counter(
     "and refused approval, break-glass and token operations, by status and route template",
     ["status", "route"],
 )
-REFUSAL_STATUSES = frozenset({401, 402, 403, 409, 429})
+REFUSAL_STATUSES = frozenset({401, 402, 403, 409, 415, 429})
 """The statuses ``stage0_refused_total`` counts (a 4xx that is neither an answer nor a 404)."""
+AUTH_FAILURES = Counter(
+    "stage0_auth_failures_total",
+    "Failed authentications (an API key that is unknown or revoked), by surface: `api` "
+    "(x-api-key on any route) or `console` (the sign-in form)",
+    ["surface"],
+)
+AUTH_BACKOFF = Counter(
+    "stage0_auth_backoff_total",
+    "Requests refused by the authentication back-off (429 AUTH_BACKOFF, or the console's "
+    "429 sign-in page), by what was backing off: `source` (the client address) or `key`",
+    ["scope"],
+)
 LATENCY = Histogram(
     "stage0_check_seconds", "Latency of /check, request received to answer ready",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,6 +22,7 @@ from stage0.engine.evaluate import uuid4_id
 from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.policy.packset import PackSet, load_pack_set
 from stage0.server import metrics
+from stage0.server.backoff import AuthBackoff, BackoffSettings
 from stage0.server.reload import PolicyReloader
 from stage0.server.writer import Writer
 from stage0.store import Store
@@ -41,6 +42,8 @@ class Settings:
     environment: str = "self-hosted"
     tune_gc: bool = False
     """Freeze start-up objects and collect less often (the served process; not tests)."""
+    auth_backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    """When failed authentications back off (``server/backoff.py``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,6 +53,7 @@ class Settings:
             frozen_time=os.environ.get("STAGE0_FROZEN_TIME") or None,
             environment=os.environ.get("STAGE0_ENVIRONMENT", "self-hosted"),
             tune_gc=True,
+            auth_backoff=BackoffSettings.from_env(),
         )
 
 
@@ -66,6 +70,8 @@ class AppState:
     policy: CompiledPolicy | None = None
     packs: PackSet | None = None
     reloader: PolicyReloader | None = None
+    auth: AuthBackoff = field(default_factory=AuthBackoff)
+    """Failed authentications of this process, and their back-off."""
 
     def now_us(self) -> int:
         return int(self.clock().timestamp() * 1e6)
@@ -137,7 +143,7 @@ def start(settings: Settings) -> AppState:
                                    sha256=policy.sha256).set(1)
     state = AppState(settings=settings, store=store, pipeline=pipeline, clock=clock,
                      deliverer=Deliverer(store, on_tick=_Sweeper(pipeline), clock=time.time),
-                     policy=policy, packs=packs)
+                     policy=policy, packs=packs, auth=AuthBackoff(settings.auth_backoff))
     if settings.policy:
         state.reloader = PolicyReloader(settings.policy, state.apply, clock=time.time)
         state.reloader.start()

@@ -101,6 +101,7 @@ class Approval:
             required_approvals=int(r["required_approvals"]),
             requires_mfa=bool(r["requires_mfa"]),
             eligible_roles=frozenset(orjson.loads(r["eligible_roles"])),
+            used_by=r.get("used_by_request"),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pyotp
 from sqlalchemy import select, update
 
+from stage0.contract.names import canonical_principal
 from stage0.store.database import Store
 from stage0.store.schema import api_keys, tenants
 
@@ -118,8 +119,10 @@ def _get(mapping: Any, key: str) -> Any:
 
 
 def normalize_principal(principal: str | None) -> str | None:
-    """Principals compare case-insensitively, surrounding space ignored: `Agent-7` is `agent-7`."""
-    return None if principal is None else principal.strip().casefold()
+    """Principals compare after the canonicalisation of names (NFKC, invisible format
+    characters removed, case folded, whitespace folded and trimmed): `Agent-7` is `agent-7`, and
+    `alice\u200b` is `alice` (:func:`stage0.contract.names.canonical_principal`)."""
+    return canonical_principal(principal)
 
 
 def hash_key(secret: str) -> str:

@@ -23,8 +23,9 @@ from stage0.console.web import (
     redirect,
     secure,
 )
+from stage0.server.auth import source_of
 from stage0.server.state import State
-from stage0.store.keys import lookup_key
+from stage0.store.keys import hash_key, lookup_key
 
 READ_SCOPES = ("approve", "audit:read")
 """A key with one of these (or ``admin``) may sign in."""
@@ -64,9 +65,19 @@ async def login(request: Request, state: State, settings: Options) -> Response:
         return login_page(request, settings, 403,
                           "The sign-in form expired (CSRF protection); try again.")
     secret = fields.get("api_key", "").strip()
+    source = source_of(request)
+    wait = state.auth.retry_after(source, secret) if secret else None
+    if wait is not None:  # the back-off of failed authentications (server/backoff.py)
+        page = login_page(request, settings, 429, "Too many failed sign-ins from this address "
+                          f"or with this key: try again in {wait} s.")
+        page.headers["retry-after"] = str(wait)
+        return page
     key = await run_in_threadpool(lookup_key, state.store, secret) if secret else None
     if key is None:
+        if secret:
+            state.auth.failed(source, secret, "console")
         return login_page(request, settings, 401, "This API key is unknown or revoked.")
+    state.auth.succeeded(source, hash_key(secret))
     if not key.can(*READ_SCOPES):
         return login_page(
             request, settings, 403,

@@ -6,12 +6,14 @@ log row."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from stage0.contract import CheckRequest
+from stage0.contract.response import ResponseBody
 from stage0.policy import normalize_name
 from stage0.policy.compiled import ApprovalRule
 from stage0.server import metrics
@@ -153,7 +155,7 @@ def _decide(writer: Writer, tx: Transaction, chain: ChainCursor, job: Job, key: 
 
 
 def _approval_for(writer: Writer, tx: Transaction, job: Job, key: ApiKey,
-                  request: CheckRequest, body: dict[str, Any], now: datetime) -> dict[str, Any]:
+                  request: CheckRequest, body: ResponseBody, now: datetime) -> dict[str, Any]:
     """The open approval request for this exact action (pending, or granted and within its
     execute-by window: the caller retries with its id), or a new one (logged)."""
     now_us = to_us(now)
@@ -177,7 +179,7 @@ def _approval_for(writer: Writer, tx: Transaction, job: Job, key: ApiKey,
     return approval.view(now_us)
 
 
-def _use_approval(tx: Transaction, key: ApiKey, body: dict[str, Any], now: datetime) -> None:
+def _use_approval(tx: Transaction, key: ApiKey, body: ResponseBody, now: datetime) -> None:
     """A server-side approval allows its action once: mark it used (and log it)."""
     check = body["guardrail_checks"].get("approval", {})
     approval_id = check.get("approval_id")
@@ -191,7 +193,7 @@ def _use_approval(tx: Transaction, key: ApiKey, body: dict[str, Any], now: datet
 
 
 def record(writer: Writer, job: Job, key: ApiKey, now: datetime, status: int, kind: str,
-           body: dict[str, Any], eval_us: float | None, encoded: bytes | None = None,
+           body: Mapping[str, Any], eval_us: float | None, encoded: bytes | None = None,
            ) -> LogRecord:
     """The log row of an answered check."""
     logged, masked = job.logged_request()

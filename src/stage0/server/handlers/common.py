@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ def is_requester(key: ApiKey, key_id: object, principal: object, actor: object) 
                                       normalize_principal(str(actor) if actor else None)}
 
 
-def action_summary(request: CheckRequest, body: dict[str, Any]) -> dict[str, Any]:
+def action_summary(request: CheckRequest, body: Mapping[str, Any]) -> dict[str, Any]:
     """What an approver sees of the action (the inputs of the action digest)."""
     ctx = request.context
     return {

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stage0.contract.response import ResponseBody
 from stage0.server.handlers.common import authenticated, refusal, to_us
 from stage0.server.jobs import Job, Outcome
 from stage0.store.signing import TokenError
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from stage0.server.writer import Writer
 
 
-def sign(writer: Writer, tenant: str, body: dict[str, Any], now: datetime) -> str:
+def sign(writer: Writer, tenant: str, body: ResponseBody, now: datetime) -> str:
     """The execution token of an ALLOW (``body``) for ``tenant``."""
     policy = writer.policy
     ttl = policy.token_ttl if policy is not None else 60.0

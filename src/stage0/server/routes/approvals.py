@@ -13,14 +13,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from stage0.server.auth import authenticate, request_secret
+from stage0.server.auth import authenticate, backing_off, counted, request_secret, source_of
+from stage0.server.body import STRICT_JSON
 from stage0.server.errors import ApiError, refused, request_id, route_of
 from stage0.server.jobs import Job
 from stage0.server.state import AppState, State
 from stage0.store import approvals as approvals_store
 from stage0.store.webhooks import deliveries_for
 
-router = APIRouter()
+router = APIRouter(strict_content_type=False)
+"""A body without ``Content-Type`` is read as JSON, as on ``/check`` (``server/body.py``)."""
 READERS = ("approve", "audit:read")
 """The scopes that read every approval request of the tenant."""
 
@@ -61,10 +63,13 @@ async def through_pipeline(request: Request, state: AppState, op: str,
     secret = request_secret(request)
     if not secret:
         raise ApiError(401, "API_KEY_INVALID", "Invalid or missing API key")
+    source = source_of(request)
+    backing_off(state, source, secret)
     job = Job(secret=secret, raw=orjson.dumps(payload), request=None, invalid=None,
               request_id=rid, client_request_id=False, started=time.perf_counter(),
               op=op, payload=payload)
     outcome = await state.pipeline.answer(job)
+    counted(state, source, secret, job, outcome.status)
     if outcome.status != 200:
         content = refused(outcome, route_of(request))
     else:
@@ -106,7 +111,7 @@ async def get_approval_request(request: Request, state: State,
     return found
 
 
-@router.post("/v1/approvals/{approval_id}/approve",
+@router.post("/v1/approvals/{approval_id}/approve", dependencies=[STRICT_JSON],
              summary="Approve, as the principal of the calling key")
 async def approve(request: Request, state: State, approval_id: str,
                   body: ApproveBody) -> Response:
@@ -114,7 +119,7 @@ async def approve(request: Request, state: State, approval_id: str,
         "approval_id": approval_id, "reason": body.reason, "totp": body.totp})
 
 
-@router.post("/v1/approvals/{approval_id}/reject",
+@router.post("/v1/approvals/{approval_id}/reject", dependencies=[STRICT_JSON],
              summary="Reject, as the principal of the calling key; ends the request")
 async def reject(request: Request, state: State, approval_id: str,
                  body: RejectBody) -> Response:
@@ -122,7 +127,7 @@ async def reject(request: Request, state: State, approval_id: str,
         "approval_id": approval_id, "reason": body.reason, "totp": body.totp})
 
 
-@router.post("/v1/break-glass",
+@router.post("/v1/break-glass", dependencies=[STRICT_JSON],
              summary="Declare a break-glass approval for a decision held by a window or freeze")
 async def break_glass(request: Request, state: State, body: BreakGlassBody) -> Response:
     return await through_pipeline(request, state, "break_glass", {
@@ -134,7 +139,8 @@ async def jwks(state: State) -> dict[str, Any]:
     return await run_in_threadpool(state.pipeline.keyring.jwks, state.now_us())
 
 
-@router.post("/v1/tokens/consume", summary="Consume an execution token, once")
+@router.post("/v1/tokens/consume", dependencies=[STRICT_JSON],
+             summary="Consume an execution token, once")
 async def consume(request: Request, state: State, body: ConsumeBody) -> Response:
     return await through_pipeline(request, state, "consume", {
         "token": body.token, "action_digest": body.action_digest})

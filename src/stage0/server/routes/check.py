@@ -16,7 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError, parse_request
 from stage0.contract.request import MAX_BODY_BYTES
 from stage0.server import metrics
-from stage0.server.auth import authenticate, secret_of
+from stage0.server.auth import authenticate, counted, secret_of, source_of
+from stage0.server.backoff import DETAIL as BACKOFF_DETAIL
+from stage0.server.body import is_json_type, unsupported
 from stage0.server.errors import refused, request_id
 from stage0.server.jobs import Job, error_body
 from stage0.server.state import AppState, State
@@ -31,8 +33,10 @@ CHECK_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid or revoked key"},
     402: {"description": "Pro checks require a paid plan; monthly quota exceeded"},
     409: {"description": "X-Request-Id reused with a different body"},
+    415: {"description": "The body is declared as something other than JSON"},
     422: {"description": "The request does not match the contract (never an ALLOW)"},
-    429: {"description": "Per-minute or daily limit; see retry_after_seconds"},
+    429: {"description": "Per-minute or daily limit, or the back-off of failed "
+                         "authentications; see retry_after_seconds"},
     503: {"description": "The service cannot decide; the body still says verdict DENY"},
 }
 REQUEST_SCHEMA = CheckRequest.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -43,15 +47,28 @@ _MISSING_KEY = (401, "Invalid or missing API key")
 
 
 async def decide_check(state: AppState, header: Callable[[str], str | None], raw: bytes,
-                       size: int) -> tuple[int, bytes, dict[str, str]]:
+                       size: int, source: str = "") -> tuple[int, bytes, dict[str, str]]:
     """One ``/check``: the FastAPI route and the ASGI fast path both answer with this.
-    ``raw`` holds at most a little more than the size limit; ``size`` is what was sent."""
+    ``raw`` holds at most a little more than the size limit; ``size`` is what was sent;
+    ``source`` is the client's address (for the back-off of failed authentications)."""
     started = time.perf_counter()
     rid, client_rid = request_id(header("x-request-id"))
     secret = secret_of(header("x-api-key"), header("authorization"))
     if not secret:
         metrics.count_refusal(401, "/check")
         return 401, orjson.dumps(error_body(*_MISSING_KEY, rid, code="API_KEY_INVALID")), {
+            "x-request-id": rid}
+    wait = state.auth.retry_after(source, secret)
+    if wait is not None:
+        metrics.count_refusal(429, "/check")
+        return 429, orjson.dumps(error_body(429, BACKOFF_DETAIL, rid, code="AUTH_BACKOFF",
+                                            retry_after_seconds=wait)), {
+            "x-request-id": rid, "retry-after": str(wait)}
+    content_type = header("content-type")
+    if raw and not is_json_type(content_type):
+        status, code, detail = unsupported(str(content_type))
+        metrics.count_refusal(status, "/check")
+        return status, orjson.dumps(error_body(status, detail, rid, code=code)), {
             "x-request-id": rid}
     parsed: CheckRequest | None = None
     invalid: RequestValidationError | None = None
@@ -73,6 +90,7 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
         log.debug("could not prepare the log's copy of %s", rid, exc_info=True)
     _ = job.input_sha256
     outcome = await state.pipeline.answer(job)
+    counted(state, source, secret, job, outcome.status)
     metrics.LATENCY.observe(time.perf_counter() - started)
     if outcome.status != 200:  # refusals only pay for the count and the code
         return outcome.status, refused(outcome, "/check"), outcome.headers
@@ -89,7 +107,8 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
 )
 async def check(request: Request, state: State) -> Response:
     raw = await request.body()
-    status, content, headers = await decide_check(state, request.headers.get, raw, len(raw))
+    status, content, headers = await decide_check(state, request.headers.get, raw, len(raw),
+                                                  source_of(request))
     return Response(content, status, headers=headers, media_type="application/json")
 
 
