@@ -290,6 +290,9 @@ def test_key_guessing_backs_off_and_a_valid_key_is_never_locked_out_for_good(
         known, fresh = t.keys["known"], t.keys["fresh"]
         # the service's own key is in use from this address before anyone guesses
         assert t.post("/check", body(SEARCH), key=known).status_code == 200
+        # one wrong key on the API before the source backs off (then every guess may be a 429,
+        # refused unlooked-up, so the API's failure count would depend on timing)
+        assert t.post("/check", body(SEARCH), key="s0_first-wrong").status_code == 401
 
         started = time.monotonic()
         logins = _burst(lambda i: _console_login(client, t.url, f"s0_guess{i:05d}-wrong"), 300)
