@@ -42,23 +42,30 @@ def test_an_evaluation_over_the_time_limit_denies() -> None:
     assert "over the pack's limit" in decision.body["issues"][0]["message"]
 
 
+def _bound(body: dict[str, object]) -> tuple[str, str]:
+    """The action digest and binding digest an approval for ``body`` carries."""
+    decided = decide(body).body
+    return decided["action_digest"], decided["guardrail_checks"]["approval"]["binding_digest"]
+
+
 @pytest.mark.parametrize(
     ("evidence", "code"),
     [
         (ApprovalEvidence("apr_1", "approved", "WRONG"), "APPROVAL_SCOPE_MISMATCH"),
         (ApprovalEvidence("apr_1", "pending", "DIGEST"), "APPROVAL_REQUIRED_PENDING"),
         (ApprovalEvidence("apr_1", "rejected", "DIGEST"), "APPROVAL_REJECTED"),
-        (ApprovalEvidence("apr_1", "expired", "DIGEST"), "APPROVAL_EXPIRED"),
+        (ApprovalEvidence("apr_1", "expired", "DIGEST"), "APPROVAL_TIMED_OUT"),
     ],
 )
 def test_server_side_approvals(evidence: ApprovalEvidence, code: str) -> None:
     body = request(constraints=["approval required"], context={"approval_id": "apr_1"})
-    digest = decide(body).body["action_digest"]
+    digest, binding = _bound(body)
     approvals = StaticApprovals()
     approvals.add(
         ApprovalEvidence(
             evidence.approval_id, evidence.status,
             digest if evidence.action_digest == "DIGEST" else evidence.action_digest,
+            binding_digest=binding,
         )
     )
     decision = decide(body, approvals=approvals)
@@ -68,9 +75,10 @@ def test_server_side_approvals(evidence: ApprovalEvidence, code: str) -> None:
 
 def test_a_granted_server_side_approval_is_verified() -> None:
     body = request(constraints=["approval required"], context={"approval_id": "apr_2"})
-    digest = decide(body).body["action_digest"]
+    digest, binding = _bound(body)
     approvals = StaticApprovals()
-    approvals.add(ApprovalEvidence("apr_2", "approved", digest, approvers=("alice",)))
+    approvals.add(ApprovalEvidence("apr_2", "approved", digest, approvers=("alice",),
+                                   binding_digest=binding))
     decision = decide(body, approvals=approvals)
     assert decision.verdict == "ALLOW"
     check = decision.body["guardrail_checks"]["approval"]
@@ -91,10 +99,10 @@ def test_a_granted_approval_past_its_windows_is_expired(
     from stage0.contract.request import parse_instant  # noqa: PLC0415
 
     body = request(constraints=["approval required"], context={"approval_id": "apr_3"})
-    digest = decide(body).body["action_digest"]
+    digest, binding = _bound(body)
     approvals = StaticApprovals()
     approvals.add(ApprovalEvidence(
-        "apr_3", "approved", digest,
+        "apr_3", "approved", digest, binding_digest=binding,
         expires_at=parse_instant(expires_at) if expires_at else None,
         execute_by=parse_instant(execute_by) if execute_by else None,
     ))

@@ -3,6 +3,11 @@
 ``python mcp_downstream.py MARKER_FILE``: every tool that actually runs appends one JSON line
 to MARKER_FILE, so a test can prove whether (and how often) a call reached this server.
 
+``python mcp_downstream.py MARKER_FILE --http PORT TOKEN`` serves the same tools over streamable
+HTTP at ``http://127.0.0.1:PORT/mcp`` (the SDK's own app, run by uvicorn) and answers 401 to any
+request whose ``Authorization`` is not ``Bearer TOKEN``; every ``Authorization`` value it
+receives is appended to ``MARKER_FILE.auth``, so a test can prove which credential reached it.
+
 ``read_note`` and ``purge_note`` declare an ``outputSchema`` (they return structured content);
 ``search.titles`` has a dot in its name and the last tool a name too long to re-export as is.
 """
@@ -82,5 +87,31 @@ def long_named() -> str:
     return "3 notes, 12 words"
 
 
+def serve_http(port: int, token: str) -> None:
+    import uvicorn  # noqa: PLC0415
+    from starlette.responses import JSONResponse  # noqa: PLC0415
+    from starlette.types import Receive, Scope, Send  # noqa: PLC0415
+
+    app = server.streamable_http_app()
+    seen = Path(f"{MARKER}.auth")
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            value = headers.get("authorization", "")
+            with seen.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(value) + "\n")
+            if value != f"Bearer {token}":
+                await JSONResponse({"error": "invalid_token"}, status_code=401)(scope, receive,
+                                                                                 send)
+                return
+        await app(scope, receive, send)
+
+    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning")
+
+
 if __name__ == "__main__":
-    server.run()
+    if len(sys.argv) > 2 and sys.argv[2] == "--http":
+        serve_http(int(sys.argv[3]), sys.argv[4])
+    else:
+        server.run()

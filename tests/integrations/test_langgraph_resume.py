@@ -130,9 +130,9 @@ def test_a_rejection_ends_the_call_in_another_process(tmp_path: Path) -> None:
 
 
 def test_an_expired_approval_ends_the_call(tmp_path: Path) -> None:
-    """Paused at T0, resumed with fresh objects after the request expired: the call ends with
-    ``APPROVAL_EXPIRED`` for the approval the interrupt showed, instead of pausing again on
-    the new request Stage0 opens for the action."""
+    """Paused at T0, resumed with fresh objects after the request expired undecided: the call
+    ends with ``APPROVAL_TIMED_OUT`` for the approval the interrupt showed, instead of pausing
+    again on the new request Stage0 opens for the action."""
     thread = f"t-{uuid.uuid4().hex[:8]}"
     with fresh_database("sqlite", tmp_path) as url:
         with running_app(url, frozen_time=T0) as first:
@@ -147,7 +147,7 @@ def test_an_expired_approval_ends_the_call(tmp_path: Path) -> None:
     [message] = out["tool_messages"]
     assert message["status"] == "error"
     assert message["artifact"]["verdict"] == "DEFER"
-    assert "APPROVAL_EXPIRED" in message["artifact"]["issues"]
+    assert "APPROVAL_TIMED_OUT" in message["artifact"]["issues"]
     assert message["artifact"]["approval_id"] == aid
     assert f"approval `{aid}` can no longer be used" in message["content"]
     assert payouts(tmp_path) == []

@@ -54,6 +54,8 @@ class Stage0:
     agent_key: str
     approver_key: str
     auditor_key: str
+    other_agent_key: str = ""
+    """A second agent key (`check`) of the same tenant: another caller."""
 
     def consumed_tokens(self) -> int:
         """How many execution tokens were consumed in the tenant (from the decision log)."""
@@ -78,11 +80,13 @@ def stage0_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage0]:
                                      unlimited=True)
             _, auditor = create_key(store, tenant="default", name="mcp-auditor",
                                     scopes=["audit:read"], plan="pro", unlimited=True)
+            _, other = create_key(store, tenant="default", name="mcp-agent-2", scopes=["check"],
+                                  principal="agent-mcp-2", plan="pro", unlimited=True)
         finally:
             store.dispose()
         server = start_server(url, tmp)
         try:
-            yield Stage0(server.url, agent, approver, auditor)
+            yield Stage0(server.url, agent, approver, auditor, other)
         finally:
             server.stop()
 

@@ -97,13 +97,17 @@ def proxy_config(tmp_path: Path, stage0: Stage0, marker: Path) -> Path:
     return config
 
 
-def run_ts_client(node: str, tmp_path: Path, config: Path, stage0: Stage0,
-                  calls: list[dict[str, Any]], protocol_version: str) -> dict[str, Any]:
+def run_ts_client(node: str, tmp_path: Path, config: Path | None, stage0: Stage0,
+                  calls: list[dict[str, Any]], protocol_version: str,
+                  http: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``mcp_client.mjs``: against ``stage0 mcp-proxy --config CONFIG`` on stdio, or, with
+    ``http={"url": ..., "headers": {...}}``, against a gateway already serving HTTP."""
     plan = tmp_path / f"plan-{len(list(tmp_path.glob('plan-*')))}.json"
-    plan.write_text(json.dumps({
+    server = http if http is not None else {
         "command": sys.executable, "args": ["-m", "stage0", "mcp-proxy", "--config", str(config)],
-        "env": {"STAGE0_API_KEY": stage0.agent_key}, "cwd": str(REPO),
-        "protocolVersion": protocol_version, "timeoutMs": 60_000, "calls": calls,
+        "env": {"STAGE0_API_KEY": stage0.agent_key}, "cwd": str(REPO)}
+    plan.write_text(json.dumps({
+        **server, "protocolVersion": protocol_version, "timeoutMs": 60_000, "calls": calls,
     }), "utf-8")
     log = plan.with_suffix(".log")
     with log.open("w", encoding="utf-8") as errlog:

@@ -163,10 +163,23 @@ def test_a_blocked_result_has_no_structured_content_and_a_namespaced_meta_key() 
     assert wire["_meta"][META_KEY] == {
         "verdict": "DEFER", "decision": "DEFER", "request_id": "req-1",
         "policy_version": "stage0-policy-pack@1.0.0", "issues": ["APPROVAL_REQUIRED_PENDING"],
-        "approval_id": "apr_1", "approval_status": "pending",
+        "approval_id": "apr_1", "approval_status": "pending", "approval_url": None,
         "reason": "APPROVAL_REQUIRED_PENDING", "tool": "files.rm"}
     (text,) = result.content
     assert isinstance(text, types.TextContent)
     for needle in ("Stage0 DEFER (DEFER)", "request_id: req-1", "approval_id: apr_1",
                    "issues: APPROVAL_REQUIRED_PENDING"):
         assert needle in text.text
+    assert "approval_url" not in text.text  # Stage0 gave none: the gateway builds none
+
+
+def test_a_blocked_result_names_the_approval_url_when_stage0_gives_one() -> None:
+    url = "https://stage0.example/console/approvals/apr_1"
+    deferred = _deferred()
+    deferred.approval = {**(deferred.approval or {}), "approval_url": url}
+    result = blocked_result(deferred, "files.rm")
+    assert result.meta is not None
+    assert result.meta[META_KEY]["approval_url"] == url
+    (text,) = result.content
+    assert isinstance(text, types.TextContent)
+    assert f"approval_url: {url}" in text.text

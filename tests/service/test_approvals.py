@@ -504,7 +504,7 @@ def test_the_writer_takes_its_clock_and_ids_from_its_constructor(store: Store) -
         assert created["request_id"] == "00000000-0000-4000-8000-000000000001"
         assert created["created_at"] == clock().timestamp()
         clock.advance(3 * 86400)  # past the request's expiry
-        assert writer.sweep().result(timeout=30).body == {"expired": 1}
+        assert writer.sweep().result(timeout=30).body == {"expired": 1, "warned": 0}
         [expired], _ = ledger.search(store, "default", kind="approval.expired")
         # the sweep's own request id was the second id, the event's the third
         assert expired["request_id"] == "00000000-0000-4000-8000-000000000003"

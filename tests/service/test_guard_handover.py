@@ -70,8 +70,10 @@ def test_a_retry_with_an_expired_approval_ends_without_waiting(backend: str,
                 pay(client, ran, approval_id=aid, wait=10)
             assert time.monotonic() - started < 5  # it did not wait for another request
             assert getattr(client, "waited", []) == []
-            assert "APPROVAL_EXPIRED" in expired.value.result.issue_codes
-            assert f"Approval `{aid}` has expired" in str(expired.value)
+            # nobody decided in time: recorded as expired, answered with its own code
+            assert "APPROVAL_TIMED_OUT" in expired.value.result.issue_codes
+            assert f"Approval `{aid}` expired at " in str(expired.value)
+            assert "before it was decided (0 of 1 approvals)" in str(expired.value)
 
             # the async guard (and so the MCP gateway, built on it) alike
             async def retry() -> None:
@@ -89,7 +91,7 @@ def test_a_retry_with_an_expired_approval_ends_without_waiting(backend: str,
 
             with pytest.raises(ActionDeferred) as async_expired:
                 asyncio.run(retry())
-            assert "APPROVAL_EXPIRED" in async_expired.value.result.issue_codes
+            assert "APPROVAL_TIMED_OUT" in async_expired.value.result.issue_codes
     assert ran == []
 
 

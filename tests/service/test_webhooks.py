@@ -129,6 +129,35 @@ def test_expired_requests_are_swept_logged_and_announced(
         assert all(r.ok for r in ledger.verify(api.store))
 
 
+def test_approvers_are_warned_once_before_a_request_expires(
+    db_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STAGE0_APPROVAL_EXPIRY_WARNING_S", "3600")
+    with running_app(db_url, frozen_time=T0) as api:
+        add_webhook(api.store, "default", receiver.url, ["approval.expiring", "approval.expired"])
+        agent = api.new_key(scopes=["check"], principal="bot")
+        aid = api.check(PAYOUT, key=agent).json()["approval"]["approval_id"]
+        # 24 h to go: no warning yet
+        time.sleep(0.3)
+        assert [h["stage0-event"] for h, _ in receiver.calls] == []
+    # 30 minutes before it expires (T0 + 24 h): one warning, however often the sweep runs
+    with running_app(db_url, frozen_time="2026-03-18T09:30:00Z") as api:
+        [warning] = receiver.wait_for("approval.expiring")
+        event = orjson.loads(warning)
+        assert event["approval"]["approval_id"] == aid
+        assert event["approval"]["status"] == "pending"
+        assert (event["seconds_left"], event["expires_at"]) == (1800, "2026-03-18T10:00:00Z")
+        api.client.app.state.stage0.pipeline.sweep().result(timeout=30)  # type: ignore[attr-defined]
+        kinds = [r["kind"] for r in ledger.export(api.store, tenant="default", since=None,
+                                                  until=None)]
+        assert kinds.count("approval.expiring") == 1
+    with running_app(db_url, frozen_time="2026-03-18T10:00:01Z") as api:
+        receiver.wait_for("approval.expired")
+        assert [h["stage0-event"] for h, _ in receiver.calls] == [
+            "approval.expiring", "approval.expired"]
+        assert all(r.ok for r in ledger.verify(api.store))
+
+
 def test_webhook_cli(db_url: str) -> None:
     runner = CliRunner()
     assert runner.invoke(cli, ["migrate", "--db", db_url]).exit_code == 0

@@ -10,7 +10,7 @@ import orjson
 
 from stage0.cli.stores import DB_OPTION, KEY_OPTION, open_store, tenant_of
 from stage0.policy import PolicyError, load_policy
-from stage0.store.approvals import get_approval, list_approvals
+from stage0.store.approval_views import get_approval, list_approvals
 from stage0.store.webhooks import deliveries_for
 
 

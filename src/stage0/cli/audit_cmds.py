@@ -1,4 +1,5 @@
-"""``stage0 audit``: verify and export the hash-chained decision log; break-glass review."""
+"""``stage0 audit``: verify, checkpoint and export the hash-chained decision log; break-glass
+review."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 import orjson
 
 from stage0.cli.stores import DB_OPTION, open_store, option_instant
-from stage0.store import ledger
+from stage0.store import checkpoints, ledger
 
 
 @click.group()
@@ -21,20 +22,57 @@ def audit() -> None:
 @audit.command("verify")
 @DB_OPTION
 @click.option("--tenant", default=None, help="Only this tenant's chain.")
-def audit_verify(db: str | None, tenant: str | None) -> None:
-    """Recompute every chain; name each modified, inserted or deleted row. Exit 1 if any."""
+@click.option("--witness", "witness", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A witness file of signed checkpoints (JSON lines, as `stage0 audit "
+                   "checkpoint --witness` writes); repeatable.")
+@click.option("--jwks", "jwks", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Check checkpoint signatures with this JWKS's keys only (kept outside the "
+                   "database), not the store's; repeatable.")
+def audit_verify(db: str | None, tenant: str | None, witness: tuple[str, ...],
+                 jwks: tuple[str, ...]) -> None:
+    """Recompute every chain; name each modified, inserted or deleted row; check it against
+    every signed checkpoint (stored, and in the witness files), naming rows deleted or
+    rewritten since one. Exit 1 if any."""
     with open_store(db) as store:
-        reports = ledger.verify(store, tenant)
+        try:
+            reports = checkpoints.verify(store, tenant, witness=witness, jwks=jwks)
+        except checkpoints.CheckpointError as exc:
+            raise click.ClickException(str(exc)) from None
     broken = 0
     for report in reports:
         mark = click.style("ok", fg="green") if report.ok else click.style("BROKEN", fg="red")
-        click.echo(f"{report.tenant}: {report.rows} rows {mark}")
+        anchored = (f" ({report.anchors} checkpoint{'s' if report.anchors > 1 else ''}, "
+                    f"newest at seq {report.anchored_seq})" if report.anchors else "")
+        click.echo(f"{report.tenant}: {report.rows} rows {mark}{anchored}")
         for problem in report.problems:
             click.echo(f"  - {problem}")
         broken += not report.ok
     if not reports:
         click.echo("no decisions logged yet")
     sys.exit(1 if broken else 0)
+
+
+@audit.command("checkpoint")
+@DB_OPTION
+@click.option("--tenant", default=None, help="Only this tenant's chain.")
+@click.option("--witness", default=None, type=click.Path(dir_okay=False, writable=True),
+              help="Append the checkpoints to this file (JSON lines), kept outside the "
+                   "database.")
+def audit_checkpoint(db: str | None, tenant: str | None, witness: str | None) -> None:
+    """Sign a checkpoint at each chain's head with the server's key, store it, and print it
+    as a JSON line (also appended to --witness)."""
+    from stage0.store.signing import Keyring, ensure_signing_key  # noqa: PLC0415
+
+    with open_store(db) as store:
+        ensure_signing_key(store)
+        made = checkpoints.checkpoint_heads(store, Keyring(store), tenant)
+    if witness is not None and made:
+        checkpoints.append_witness(witness, made)
+    for checkpoint in made:
+        click.echo(orjson.dumps(checkpoint.witness_line()))
+    if not made:
+        click.echo("no decisions logged yet", err=True)
 
 
 @audit.command("export")
@@ -77,7 +115,7 @@ def audit_break_glass(db: str | None, tenant: str | None, since: str | None,
     through, and the decision that used it."""
     import time  # noqa: PLC0415
 
-    from stage0.store.approvals import break_glass_report  # noqa: PLC0415
+    from stage0.store.approval_views import break_glass_report  # noqa: PLC0415
 
     since_at, until_at = option_instant(since, "--since"), option_instant(until, "--until")
     with open_store(db) as store:

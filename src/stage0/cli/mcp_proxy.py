@@ -28,11 +28,17 @@ import click
 @click.option("--wait-for-approval", type=click.FloatRange(min=0), default=None,
               help="Seconds to hold a deferred call while its approval is pending (default 0: "
                    "answer at once with the approval id).")
+@click.option("--listen", default=None, metavar="[HOST:]PORT",
+              help="Serve MCP over streamable HTTP at http://HOST:PORT/mcp instead of stdio "
+                   "(host 127.0.0.1 unless given); clients need a bearer token (a Stage0 API "
+                   "key, or a JWT from the config's `http.auth.jwt` issuer).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def mcp_proxy(config_path: Path | None, server_name: str, name_separator: str | None,
               api_base: str | None, api_key: str | None, environment: str | None,
-              wait_for_approval: float | None, command: tuple[str, ...]) -> None:
-    """Serve MCP on stdio in front of downstream MCP servers, asking Stage0 before every call.
+              wait_for_approval: float | None, listen: str | None,
+              command: tuple[str, ...]) -> None:
+    """Serve MCP on stdio (or streamable HTTP) in front of downstream MCP servers, asking
+    Stage0 before every call.
 
     stage0 mcp-proxy --config FILE, or stage0 mcp-proxy [--server-name NAME] -- COMMAND ARGS...
     """
@@ -53,6 +59,11 @@ def mcp_proxy(config_path: Path | None, server_name: str, name_separator: str | 
             config = gateway.GatewayConfig.model_validate(
                 {**config.model_dump(), "tool_names": {**config.tool_names.model_dump(),
                                                        "separator": name_separator}})
+        listen = listen or config.http.listen
+        if listen:
+            from stage0.integrations.mcp_http import parse_listen  # noqa: PLC0415
+
+            parse_listen(listen)
     except (gateway.ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     settings = config.stage0
@@ -67,7 +78,7 @@ def mcp_proxy(config_path: Path | None, server_name: str, name_separator: str | 
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        anyio.run(gateway.run_gateway, config)
+        anyio.run(gateway.run_gateway, config, listen)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # noqa: BLE001 - report any start-up or transport failure

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
 
 from stage0.cli.stores import DB_OPTION, describe_store, open_store, option_instant, schema_revision
 from stage0.policy import PolicyError, load_policy
+from stage0.policy.loader import policy_source
 from stage0.store import Store
 from stage0.store.database import URL_ENV, redact_url, resolve_url
 from stage0.store.keys import bootstrap
@@ -109,7 +109,7 @@ def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_p
         )
     os.environ[URL_ENV] = resolve_url(db)
     if policy_path:
-        os.environ["STAGE0_POLICY"] = str(Path(policy_path).resolve())
+        os.environ["STAGE0_POLICY"] = policy_source(policy_path)  # a preset name stays one
     if frozen_time:
         os.environ["STAGE0_FROZEN_TIME"] = frozen_time
     click.echo(f"serving  http://{host}:{port} ({workers} worker{'s' * (workers > 1)})", err=True)

@@ -5,8 +5,9 @@ that answers the sign-in redirect or the refusal page itself (:class:`Leave`).""
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -106,12 +107,26 @@ async def current(request: Request, state: AppState) -> Session | None:
     return await run_in_threadpool(load_session, state.store, token)
 
 
+_RETURN_TO = re.compile(r"/approvals/[A-Za-z0-9_-]{1,40}")
+"""Console pages a sign-in returns to (the approval links Stage0 hands out); anything else
+goes to the inbox, so ``next`` can never send a signed-in operator elsewhere."""
+
+
+def return_to(path: str | None) -> str:
+    """Where a sign-in continues: ``path`` if it is one of the console's deep links."""
+    return path if path is not None and _RETURN_TO.fullmatch(path) else "/inbox"
+
+
 async def signed_in(request: Request, state: State) -> Session:
-    """The session, or (a first visit, a session that expired or ended) the sign-in page."""
+    """The session, or (a first visit, a session that expired or ended) the sign-in page,
+    which comes back here after signing in when this is an approval's page."""
     session = await current(request, state)
     if session is None:
-        raise Leave(redirect(request, "/login?m=expired" if COOKIE in request.cookies
-                             else "/login"))
+        page = request.url.path.removeprefix(base(request))
+        back = f"next={quote(page, safe='/')}" if _RETURN_TO.fullmatch(page) else ""
+        query = "&".join(q for q in ("m=expired" if COOKIE in request.cookies else "", back)
+                         if q)
+        raise Leave(redirect(request, "/login" + (f"?{query}" if query else "")))
     return session
 
 

@@ -184,6 +184,20 @@ _ALL = [
         "Should the changed action be submitted for a new approval?",
     ),
     _spec(
+        "APPROVAL_TIMED_OUT", E,
+        "The approval request expired before enough approvers decided",
+        "Ask again: a new approval request is open for this action; remind the approvers, or "
+        "raise the pack's `approvals.expires_in`",
+        "Should the approvers be reminded of the new request?",
+    ),
+    _spec(
+        "APPROVAL_REQUESTER_MISMATCH", E,
+        "The approval was requested by another key or principal than the one using it",
+        "Use the approval from the key that requested it, or ask for one with this key (the "
+        "pack's `approvals.bound_to` can widen the binding to the principal or the tenant)",
+        "Should this caller get an approval of its own?",
+    ),
+    _spec(
         "ACTOR_ROLE_MISSING", E,
         "A role is required but `context.actor_role` is absent",
         "Send `context.actor_role` for the principal that will execute the action",
@@ -219,6 +233,25 @@ _ALL = [
         "A change ticket is required but `context.ticket_id` is empty",
         "Send `context.ticket_id` referencing the change or support ticket",
         "Which ticket authorizes this action?",
+    ),
+    _spec(
+        "ROLLBACK_PLAN_UNVERIFIED", E,
+        "The rollback plan is not a reference that the evidence source confirms",
+        "Send `context.rollback_plan` as the reference of a rollback plan the evidence source "
+        "knows (the pack sets `evidence.rollback_plan: verified`)",
+        "Which registered rollback plan covers this change?",
+    ),
+    _spec(
+        "TICKET_UNVERIFIED", E,
+        "The ticket is not one that the evidence source confirms",
+        "Send `context.ticket_id` of a ticket the evidence source confirms (the pack sets "
+        "`evidence.ticket: verified`)",
+        "Which approved ticket authorizes this action?",
+    ),
+    _spec(
+        "EVIDENCE_UNAVAILABLE", E,
+        "An evidence reference could not be checked: no evidence source, or no answer from it",
+        "Retry later; operators: configure and check the evidence source (`STAGE0_EVIDENCE_URL`)",
     ),
     _spec(
         "RESOURCE_SCOPE_MISSING", E,
@@ -301,6 +334,12 @@ _ALL = [
         "POLICY_PIN_TIGHTENED", INFO,
         "The pinned policy version would be looser; the active version decides",
         "Move the pin to the active version, or drop `policy_pack_version`",
+    ),
+    _spec(
+        "CALLER_ASSERTED_EVIDENCE", INFO,
+        "A requirement was satisfied by evidence the caller wrote, not checked by the server",
+        "Accepted under the hosted contract; to require server-checked evidence, serve the "
+        "`strict` preset (or set the pack's `*.evidence: verified`)",
     ),
     _spec(
         "BREAK_GLASS_USED", INFO,

@@ -176,6 +176,12 @@ class Decision:
         return value if isinstance(value, dict) else None
 
     @property
+    def approval_url(self) -> str | None:
+        """Where the approvers decide this DEFER's approval request (the console's page)."""
+        approval = self.approval
+        return _str(approval.get("approval_url")) if approval is not None else None
+
+    @property
     def execution_token(self) -> str | None:
         return _str(self.body.get("execution_token"))
 

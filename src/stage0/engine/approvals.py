@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from stage0.engine.findings import Findings
-from stage0.policy.compiled import ApprovalRule, CompiledPolicy
+from stage0.policy.compiled import ApprovalRule, BoundTo, CompiledPolicy, narrower_binding
 
 ApprovalState = Literal["pending", "approved", "rejected", "expired", "used"]
 
@@ -33,6 +34,32 @@ class ApprovalEvidence:
     """The rule the approval was granted under (checked against the deciding pack's)."""
     used_by: str | None = None
     """For a used approval, the request that used it."""
+    binding_digest: str | None = None
+    """What it is bound to besides the action digest (:class:`Binding`); ``None`` for an
+    approval made before approvals were bound to their fields, which then binds nothing."""
+    bound_fields: Mapping[str, Any] = field(default_factory=dict)
+    """The bound field values it was requested with (to say what changed)."""
+    requested_by_key: str | None = None
+    requested_by_principal: str | None = None
+    bound_to: BoundTo = "key"
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What a server-side approval for this request is bound to besides the action digest:
+    the pack's bound fields (goal, record count, amounts, …) and who may use it."""
+
+    digest: str
+    fields: Mapping[str, Any]
+    bound_to: BoundTo
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """The authenticated caller of a check: its key and the key's (canonical) principal."""
+
+    key_id: str
+    principal: str | None = None
 
 
 class ApprovalResolver(Protocol):
@@ -59,6 +86,8 @@ def check_approval(
     digest: str,
     resolver: ApprovalResolver | None,
     buckets: tuple[str, ...] = (),
+    binding: Binding | None = None,
+    requester: Requester | None = None,
 ) -> None:
     """The first of these that applies decides: the caller reports a rejection; no approval is
     needed (a server-side approval is then looked at only as a break-glass declaration); a
@@ -72,6 +101,8 @@ def check_approval(
         "status": status,
         "approval_id": approval_id,
     }
+    if binding is not None:
+        check["binding_digest"] = binding.digest
     out.checks["approval"] = check
     if status == "rejected":
         out.add(
@@ -84,11 +115,12 @@ def check_approval(
             evidence = resolver.resolve(tenant, approval_id)
             if evidence is not None and evidence.kind == "break_glass":
                 _check_server_approval(out, check, policy, None, approval_id, at, digest,
-                                       evidence)
+                                       evidence, binding, requester)
     elif approval_id is not None:
         _check_server_approval(
             out, check, policy, policy.approval_rule(buckets), approval_id, at, digest,
-            resolver.resolve(tenant, approval_id) if resolver is not None else None)
+            resolver.resolve(tenant, approval_id) if resolver is not None else None,
+            binding, requester)
     elif status == "approved":
         _check_caller_approval(out, check, policy, verified_only, approved_at, at)
     else:
@@ -152,16 +184,77 @@ def _expired(evidence: ApprovalEvidence, at: datetime) -> bool:
             and at > evidence.execute_by)
 
 
-def _unusable(evidence: ApprovalEvidence, approval_id: str, at: datetime,
-              digest: str) -> tuple[str, str] | None:
+def foreign_requester(bound_to: BoundTo, current: BoundTo | None, key_id: str | None,
+                      principal: str | None, requester: Requester) -> tuple[BoundTo, str] | None:
+    """Whether ``requester`` is someone other than the one a standard approval (requested by
+    ``key_id``/``principal``, under ``bound_to``) is bound to, under the narrower of that and
+    the deciding pack's binding (``current``): the binding and who it belongs to, or ``None``."""
+    scope = narrower_binding(bound_to, current) if current is not None else bound_to
+    if scope == "tenant":
+        return None
+    if scope == "principal" and principal is not None:
+        return None if principal == requester.principal else (scope, "another principal")
+    return None if key_id == requester.key_id else (scope, f"key `{key_id}`")
+
+
+def _other_requester(evidence: ApprovalEvidence, approval_id: str, requester: Requester,
+                     binding: Binding | None) -> tuple[str, str] | None:
+    foreign = foreign_requester(evidence.bound_to, binding.bound_to if binding else None,
+                                evidence.requested_by_key, evidence.requested_by_principal,
+                                requester)
+    if foreign is None:
+        return None
+    scope, who = foreign
+    return ("APPROVAL_REQUESTER_MISMATCH",
+            f"Approval `{approval_id}` was requested by {who} and is bound to its requester "
+            f"(`approvals.bound_to: {scope}`); this check gets an approval request of its own")
+
+
+def _changed_fields(evidence: ApprovalEvidence, approval_id: str,
+                    binding: Binding) -> tuple[str, str] | None:
+    """A standard approval whose bound fields (goal, record count, amounts, …) differ."""
+    if evidence.binding_digest == binding.digest:
+        return None
+    if evidence.binding_digest is None:
+        return ("APPROVAL_SCOPE_MISMATCH",
+                f"Approval `{approval_id}` was granted before approvals were bound to the "
+                "request's goal, counts and amounts; request a new approval")
+    was, now = evidence.bound_fields, binding.fields
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    shown = "; ".join(
+        f"`{k}` was {_shown(was.get(k))}, is {_shown(now.get(k))}" for k in changed[:4])
+    return ("APPROVAL_SCOPE_MISMATCH",
+            f"Approval `{approval_id}` was granted for different values of its bound fields"
+            f" ({shown or 'the bound fields differ'})")
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "absent"
+    text = repr(value) if not isinstance(value, str) else f"`{value}`"
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def _unusable(evidence: ApprovalEvidence, approval_id: str, at: datetime, digest: str,
+              binding: Binding | None = None,
+              requester: Requester | None = None) -> tuple[str, str] | None:
     """Why a server-side approval does not approve this action now (code and message), in the
     order the checks apply; ``None`` when it does."""
+    standard = evidence.kind == "standard"
+    if standard and requester is not None:
+        other = _other_requester(evidence, approval_id, requester, binding)
+        if other is not None:
+            return other
     if evidence.status == "rejected":
         return "APPROVAL_REJECTED", f"Approval `{approval_id}` was rejected"
     if evidence.action_digest != digest:
         return ("APPROVAL_SCOPE_MISMATCH",
                 f"Approval `{approval_id}` was granted for a different action "
                 "(its action digest differs from this request's)")
+    if standard and binding is not None:
+        changed = _changed_fields(evidence, approval_id, binding)
+        if changed is not None:
+            return changed
     if evidence.status == "used":
         # A retry racing for an execution that already happened, not a new request: one DENY
         # for every loser, and no new approval request in the approvers' inbox.
@@ -170,10 +263,21 @@ def _unusable(evidence: ApprovalEvidence, approval_id: str, at: datetime,
                 f"Approval `{approval_id}` was already used{by}; an approval allows its action "
                 "once")
     if _expired(evidence, at):
-        return "APPROVAL_EXPIRED", f"Approval `{approval_id}` has expired"
+        return _lapsed(evidence, approval_id)
     if evidence.status != "approved":
         return "APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is still pending"
     return None
+
+
+def _lapsed(evidence: ApprovalEvidence, approval_id: str) -> tuple[str, str]:
+    """An expired approval: a request nobody decided in time (recorded as ``expired``, not
+    as a rejection), or a granted one not used within its execute-by window."""
+    if evidence.status in ("expired", "pending"):
+        when = f" at {_iso(evidence.expires_at)}" if evidence.expires_at else ""
+        return ("APPROVAL_TIMED_OUT",
+                f"Approval `{approval_id}` expired{when} before it was decided "
+                f"({len(evidence.approvers)} of {evidence.required_approvals} approvals)")
+    return "APPROVAL_EXPIRED", f"Approval `{approval_id}` has expired"
 
 
 def _check_server_approval(
@@ -185,6 +289,8 @@ def _check_server_approval(
     at: datetime,
     digest: str,
     evidence: ApprovalEvidence | None,
+    binding: Binding | None = None,
+    requester: Requester | None = None,
 ) -> None:
     """``rule``: what the deciding pack needs of the approval; ``None`` when the action needs
     none (the approval is there only as a break-glass declaration)."""
@@ -193,7 +299,7 @@ def _check_server_approval(
             "APPROVAL_REQUIRED_PENDING", f"Approval `{approval_id}` is not known to this server"
         )
         return
-    problem = _unusable(evidence, approval_id, at, digest)
+    problem = _unusable(evidence, approval_id, at, digest, binding, requester)
     short = _weaker(evidence, rule) if problem is None and rule is not None else []
     if short:
         problem = ("APPROVAL_REQUIRED_PENDING",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from stage0.engine.constraints import Guardrails
+from stage0.engine.evidence import EvidenceKind, EvidenceResolver, reference
 from stage0.engine.facts import Facts
 from stage0.engine.findings import Findings
 from stage0.policy.compiled import CompiledPolicy
@@ -31,6 +32,8 @@ class Requirements:
     rollback_sources: tuple[str, ...]
     mfa: bool
     ticket: bool
+    mfa_sources: tuple[str, ...] = ()
+    ticket_sources: tuple[str, ...] = ()
 
 
 def requirements(f: Facts, g: Guardrails, policy: CompiledPolicy) -> Requirements:
@@ -47,9 +50,13 @@ def requirements(f: Facts, g: Guardrails, policy: CompiledPolicy) -> Requirement
 def _requirements(
     buckets: tuple[str, ...], is_production: bool, g: Guardrails, policy: CompiledPolicy
 ) -> Requirements:
-    approval_sources = ["constraint"] if g.require_approval else []
-    rollback_sources = ["constraint"] if g.rollback else []
-    verified = env_required = mfa = ticket = False
+    approval_sources = g.sources("require_approval") if g.require_approval else []
+    rollback_sources = g.sources("rollback_plan_required") if g.rollback else []
+    mfa_sources = g.sources("mfa_required") if g.mfa else []
+    ticket_sources = g.sources("require_ticket") if g.ticket else []
+    # A constraint's approval needs the pack's evidence (`approval.evidence`); a bucket's, its own.
+    verified = bool(approval_sources) and policy.approval_evidence == "verified"
+    env_required = False
     for name in buckets:
         b = policy.bucket(name)
         if b.approval:
@@ -58,17 +65,26 @@ def _requirements(
         env_required = env_required or b.environment
         if b.rollback_plan == "always" or (b.rollback_plan == "production" and is_production):
             rollback_sources.append(f"bucket `{name}`")
-        mfa = mfa or b.mfa
-        ticket = ticket or b.ticket
+        if b.mfa:
+            mfa_sources.append(f"bucket `{name}`")
+        if b.ticket:
+            ticket_sources.append(f"bucket `{name}`")
+    if mfa_sources and policy.mfa_evidence == "verified":
+        # MFA counts only from approvers who verified it: the action needs a server-side
+        # approval (under `approvals.approver_mfa`, which the pack must set).
+        approval_sources.append("MFA (`mfa.evidence: verified`)")
+        verified = True
     return Requirements(
         approval=bool(approval_sources),
-        approval_sources=tuple(approval_sources),
+        approval_sources=tuple(dict.fromkeys(approval_sources)),
         verified_only=verified,
         environment_required=env_required,
         rollback=bool(rollback_sources),
         rollback_sources=tuple(rollback_sources),
-        mfa=mfa or g.mfa,
-        ticket=ticket or g.ticket,
+        mfa=bool(mfa_sources),
+        ticket=bool(ticket_sources),
+        mfa_sources=tuple(mfa_sources),
+        ticket_sources=tuple(ticket_sources),
     )
 
 
@@ -192,6 +208,7 @@ def check_change_windows(out: Findings, f: Facts, g: Guardrails, policy: Compile
         )
     out.checks["change_window"] = {
         "required": True,
+        "required_by": g.sources("allowed_change_window"),
         "satisfied": all(r["open"] or "lifted_by" in r for r in results),
         "windows": results,
     }
@@ -227,12 +244,43 @@ def _truthy_plan(value: bool | str | None) -> bool:
     return value is True
 
 
-def check_rollback(out: Findings, f: Facts, req: Requirements) -> None:
+def _confirm(out: Findings, f: Facts, kind: EvidenceKind, ref: str | None, what: str,
+             unverified: str, resolver: EvidenceResolver | None) -> bool:
+    """Whether the evidence source confirmed reference ``ref``; otherwise the issue saying why
+    (``unverified`` for an assertion or a reference it does not confirm, ``EVIDENCE_UNAVAILABLE``
+    when there is no answer)."""
+    if ref is None:
+        out.add(unverified, f"{what} must be a reference the evidence source confirms; a "
+                            "caller-written `true` does not count")
+        return False
+    found = resolver.lookup(f.tenant, kind, ref) if resolver is not None else None
+    if found is None:
+        out.add("EVIDENCE_UNAVAILABLE",
+                f"{what} `{ref}` could not be checked: "
+                + ("no evidence source is configured" if resolver is None
+                   else "the evidence source gave no answer"))
+        return False
+    if found.state == "unavailable":
+        out.add("EVIDENCE_UNAVAILABLE",
+                f"{what} `{ref}` could not be checked: the evidence source is unavailable "
+                f"({found.detail})")
+        return False
+    if not found.valid:
+        out.add(unverified, f"{what} `{ref}` is not confirmed by the evidence source "
+                            f"({found.detail or found.state})")
+        return False
+    return True
+
+
+def check_rollback(out: Findings, f: Facts, req: Requirements,
+                   policy: CompiledPolicy | None = None,
+                   resolver: EvidenceResolver | None = None) -> None:
     if not req.rollback:
         return
     plan = f.context.rollback_plan
-    satisfied = _truthy_plan(plan)
-    if not satisfied:
+    verified = False
+    if not _truthy_plan(plan):
+        satisfied = False
         out.add(
             "ROLLBACK_PLAN_MISSING",
             "A rollback plan is required by "
@@ -240,10 +288,17 @@ def check_rollback(out: Findings, f: Facts, req: Requirements) -> None:
             + " but `context.rollback_plan` is "
             + ("absent" if plan is None else f"`{plan}`"),
         )
+    elif policy is not None and policy.rollback_evidence == "verified":
+        satisfied = verified = _confirm(out, f, "rollback_plan", reference(plan),
+                                        "The rollback plan", "ROLLBACK_PLAN_UNVERIFIED",
+                                        resolver)
+    else:
+        satisfied = True
     out.checks["rollback"] = {
         "required": True,
         "required_by": list(req.rollback_sources),
         "satisfied": satisfied,
+        "verified": verified,
     }
 
 
@@ -251,31 +306,90 @@ def check_mfa(out: Findings, f: Facts, req: Requirements, policy: CompiledPolicy
     if not req.mfa:
         return
     ctx = f.context
-    satisfied = ctx.mfa_verified is True
-    if not satisfied:
-        out.add("MFA_REQUIRED")
-    elif ctx.mfa_verified_at is not None:
-        age = (f.at - ctx.mfa_verified_at).total_seconds()
-        if age > policy.mfa_max_age or -age > policy.approval_future_skew:
-            satisfied = False
-            out.add(
-                "MFA_REQUIRED",
-                f"The MFA verification of {_iso(ctx.mfa_verified_at)} is stale or in the future",
-            )
-    out.checks["mfa"] = {"required": True, "satisfied": satisfied}
+    verified = False
+    if policy.mfa_evidence == "verified":
+        # Only approvers' MFA counts: a server-side approval under a rule that needs approver
+        # MFA (the loader makes every rule of such a pack need it) satisfies the requirement.
+        approval = out.checks.get("approval", {})
+        satisfied = verified = bool(approval.get("verified") and approval.get("satisfied"))
+        if not satisfied:
+            out.add("MFA_REQUIRED",
+                    "MFA is required by " + ", ".join(req.mfa_sources) + " and counts only from "
+                    "the approvers of a server-side approval (`context.approval_id`); "
+                    "a caller-written `mfa_verified` does not count")
+    else:
+        satisfied = ctx.mfa_verified is True
+        if not satisfied:
+            out.add("MFA_REQUIRED")
+        elif ctx.mfa_verified_at is not None:
+            age = (f.at - ctx.mfa_verified_at).total_seconds()
+            if age > policy.mfa_max_age or -age > policy.approval_future_skew:
+                satisfied = False
+                out.add(
+                    "MFA_REQUIRED",
+                    f"The MFA verification of {_iso(ctx.mfa_verified_at)} is stale or in the "
+                    "future",
+                )
+    out.checks["mfa"] = {"required": True, "required_by": list(req.mfa_sources),
+                         "satisfied": satisfied, "verified": verified}
 
 
-def check_ticket(out: Findings, f: Facts, req: Requirements) -> None:
+def check_ticket(out: Findings, f: Facts, req: Requirements,
+                 policy: CompiledPolicy | None = None,
+                 resolver: EvidenceResolver | None = None) -> None:
     if not req.ticket:
         return
-    satisfied = bool(f.context.ticket_id and f.context.ticket_id.strip())
-    if not satisfied:
+    ticket = f.context.ticket_id
+    present = bool(ticket and ticket.strip())
+    verified = False
+    if not present:
+        satisfied = False
         out.add("TICKET_REQUIRED")
+    elif policy is not None and policy.ticket_evidence == "verified":
+        satisfied = verified = _confirm(out, f, "ticket", reference(ticket), "The ticket",
+                                        "TICKET_UNVERIFIED", resolver)
+    else:
+        satisfied = True
     out.checks["ticket"] = {
         "required": True,
-        "ticket_id": f.context.ticket_id,
+        "required_by": list(req.ticket_sources),
+        "ticket_id": ticket,
         "satisfied": satisfied,
+        "verified": verified,
     }
+
+
+_ASSERTED = (("approval", "approval_status"), ("mfa", "mfa_verified"),
+             ("rollback", "rollback_plan"), ("ticket", "ticket_id"))
+
+
+def report_caller_evidence(out: Findings, g: Guardrails) -> None:
+    """After every check: name each requirement that only caller-written evidence satisfied
+    (the hosted contract accepts it; the strict posture does not), in an advisory and in
+    ``guardrail_checks.evidence`` (the execution token carries the list too). Also lists the
+    constraints the pack's ``require`` rules added."""
+    if g.policy_constraints:
+        out.checks["policy_constraints"] = list(g.policy_constraints)
+    checks = out.checks
+    asserted: list[str] = []
+    verified: list[str] = []
+    fields: list[str] = []
+    for family, field in _ASSERTED:
+        check = checks.get(family)
+        if check is None or not check.get("required") or not check.get("satisfied"):
+            continue
+        if check.get("verified"):
+            verified.append(family)
+        else:
+            asserted.append(family)
+            fields.append(field)
+    if not asserted and not verified:
+        return
+    checks["evidence"] = {"caller_asserted": asserted, "verified": verified}
+    if asserted:
+        out.add("CALLER_ASSERTED_EVIDENCE",
+                "Satisfied only by what the caller wrote, not checked by the server: "
+                + ", ".join(f"`{f}`" for f in fields))
 
 
 def check_records(out: Findings, f: Facts, g: Guardrails) -> None:

@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stage0.contract.constraints import CONSTRAINT_KEYS, ValueKind
-from stage0.policy.compiled import CompiledPolicy
-from stage0.policy.matching import normalize_name
-from stage0.policy.schema import parse_duration
+from stage0.contract.constraints import CONSTRAINT_KEYS
+from stage0.policy.compiled import CompiledPolicy, CompiledRequire
+from stage0.policy.constraint_values import FALSE as _FALSE
+from stage0.policy.constraint_values import TRUE as _TRUE
+from stage0.policy.constraint_values import VALUE_PARSERS as _VALUE_PARSERS
 
-_TRUE = frozenset({"", "true", "yes", "1", "on", "required", "enabled", "only"})
-_FALSE = frozenset({"false", "no", "0", "off", "disabled", "none"})
 _CACHE_LIMIT = 4096
 
 
@@ -73,14 +72,24 @@ class Guardrails:
         default_factory=dict, repr=False, compare=False)
     """Cache of :func:`stage0.engine.checks.requirements` for these guardrails, by bucket list
     and production flag (guardrails are themselves cached per constraint list)."""
+    policy_required: dict[str, list[str]] = field(default_factory=dict)
+    """Canonical constraint key -> the pack's ``require`` rules that added it (``require
+    `name```); empty when no rule applies. ``recognized`` stays the caller's own."""
+    policy_constraints: list[dict[str, str]] = field(default_factory=list)
+    """What the ``require`` rules added: ``{"rule", "constraint"}`` each."""
+
+    def sources(self, key: str) -> list[str]:
+        """Who requires constraint ``key``: ``constraint`` (the caller) and/or the pack's
+        ``require`` rules."""
+        return (["constraint"] if self._by_caller(key) else []) + self.policy_required.get(
+            key, [])
+
+    def _by_caller(self, key: str) -> bool:
+        return any(d.split(":", 1)[0] == key for d in self.recognized)
 
     @property
     def any_recognized(self) -> bool:
         return bool(self.recognized)
-
-
-def _names(value: str) -> frozenset[str]:
-    return frozenset(normalize_name(v) for v in value.split(",") if v.strip())
 
 
 class ConstraintParser:
@@ -90,6 +99,7 @@ class ConstraintParser:
         self._policy = policy
         self._cache: dict[str, Parsed | Invalid | None] = {}
         self._lists: dict[tuple[str, ...], Guardrails] = {}
+        self._merged: dict[tuple[tuple[str, ...], tuple[int, ...]], Guardrails] = {}
 
     def parse_one(self, raw: str) -> Parsed | Invalid | None:
         hit = self._cache.get(raw, False)
@@ -136,6 +146,35 @@ class ConstraintParser:
                 self._lists[key] = hit
         return hit
 
+    def with_requirements(self, caller: Guardrails, constraints: list[str],
+                          rules: tuple[CompiledRequire, ...]) -> Guardrails:
+        """The caller's guardrails with the constraints of the pack's ``require`` rules merged
+        in, each family combining to the tightest (so the caller can only add to them). The
+        caller's own lists (``recognized``, ``inactive``, ``unrecognized``, ``invalid``) and
+        what clears the sensitive-tool advisory stay the caller's. Cached per constraint list
+        and rule set; treat the result as read-only."""
+        if not rules:
+            return caller
+        key = (tuple(constraints), tuple(r.index for r in rules))
+        hit = self._merged.get(key)
+        if hit is not None:
+            return hit
+        added = [(r.name, text) for r in rules for text in r.constraints]
+        merged = self._parse_list([*constraints, *(text for _, text in added)])
+        merged.recognized = list(caller.recognized)
+        merged.inactive = list(caller.inactive)
+        merged.unrecognized = list(caller.unrecognized)
+        merged.invalid = list(caller.invalid)
+        merged.clears_sensitive = caller.clears_sensitive
+        for name, text in added:
+            parsed = self.parse_one(text)
+            if isinstance(parsed, Parsed):
+                merged.policy_required.setdefault(parsed.key, []).append(f"require `{name}`")
+                merged.policy_constraints.append({"rule": name, "constraint": parsed.display})
+        if len(self._merged) < _CACHE_LIMIT:
+            self._merged[key] = merged
+        return merged
+
     def _parse_list(self, constraints: Iterable[str]) -> Guardrails:
         g = Guardrails()
         for raw in constraints:
@@ -166,67 +205,6 @@ class ConstraintParser:
         g.loop_limited = (g.max_iterations is not None or g.timeout_seconds is not None
                           or g.same_tool_limit is not None or g.max_cost_usd is not None)
         return g
-
-
-# -- values: each kind's parser gives the typed value and its display form, or raises ValueError
-
-def _flag(canon: str, value: str) -> tuple[bool, str]:
-    low = value.lower()
-    if low in _TRUE:
-        return True, "true"
-    if low in _FALSE:
-        return False, "false"
-    raise ValueError(f"`{canon}` takes true or false, got `{value}`")
-
-
-def _name_set(canon: str, value: str) -> tuple[frozenset[str], str]:
-    names = _names(value)
-    if not names:
-        raise ValueError(f"`{canon}` needs at least one name")
-    return names, ",".join(sorted(names))
-
-
-def _window(canon: str, value: str) -> tuple[str, str]:
-    name = normalize_name(value)
-    return name, name
-
-
-def _int(canon: str, value: str) -> tuple[int, str]:
-    number = int(value)
-    if not 0 <= number <= 2**53 - 1:
-        raise ValueError(f"`{canon}` must be between 0 and 2**53 - 1, got `{value}`")
-    return number, str(number)
-
-
-def _seconds(canon: str, value: str) -> tuple[float, str]:
-    seconds = parse_duration(value)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"`{canon}` must be a finite duration, got `{value}`")
-    return seconds, f"{seconds:g}"
-
-
-def _usd(canon: str, value: str) -> tuple[float, str]:
-    usd = float(value.lstrip("$").strip())
-    if not usd >= 0 or usd == float("inf"):
-        raise ValueError(f"`{canon}` must be a non-negative amount, got `{value}`")
-    return usd, f"{usd:g}"
-
-
-def _text(canon: str, value: str) -> tuple[str, str]:
-    return value, value
-
-
-_VALUE_PARSERS: dict[ValueKind, Callable[[str, str], tuple[object, str]]] = {
-    "flag": _flag,
-    "roles": _name_set,
-    "names": _name_set,
-    "window": _window,
-    "int": _int,
-    "seconds": _seconds,
-    "usd": _usd,
-    "glob": _text,
-    "text": _text,
-}
 
 
 # -- combining: several constraints of one family give the tightest guardrail

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -126,3 +127,29 @@ def _sorted_action_digest(
         return sha256_hex(orjson.dumps(action, option=orjson.OPT_SORT_KEYS))
     action["tools"], action["side_effects"] = list(tools), list(side_effects)
     return sha256_hex(bytes(rfc8785.dumps(action)))
+
+
+def bound_fields(goal: str, context: Any, binds: Sequence[str]) -> dict[str, Any]:
+    """The values of the request fields an approval is bound to besides the action digest
+    (``goal``, ``context.<key>``: a declared field or an extra key), absent ones left out."""
+    found: dict[str, Any] = {}
+    extra = (getattr(context, "model_extra", None) or {}) if context is not None else {}
+    for path in binds:
+        if path == "goal":
+            found[path] = goal
+            continue
+        key = path.partition(".")[2]
+        value = getattr(context, key, None) if context is not None else None
+        if value is None:
+            value = extra.get(key)
+        if isinstance(value, datetime):  # a timestamp field: its ISO form, as sent
+            value = value.isoformat().replace("+00:00", "Z")
+        if value is not None:
+            found[path] = value
+    return found
+
+
+def binding_digest(action: str, fields: Mapping[str, Any]) -> str:
+    """SHA-256 of the RFC 8785 form of ``{"action_digest": …, "fields": {…}}``: what a
+    server-side approval is bound to (docs/approvals.md, "What an approval is bound to")."""
+    return sha256_hex(canonical_json({"action_digest": action, "fields": dict(fields)}))

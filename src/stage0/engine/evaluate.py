@@ -20,9 +20,22 @@ from stage0.contract.effects import is_stricter_verdict
 from stage0.contract.request import CheckRequest, parse_request
 from stage0.contract.response import Decision, ResponseBody
 from stage0.engine import checks
-from stage0.engine.approvals import ApprovalResolver, check_approval, report_break_glass
+from stage0.engine.approvals import (
+    ApprovalResolver,
+    Binding,
+    Requester,
+    check_approval,
+    report_break_glass,
+)
 from stage0.engine.constraints import ConstraintParser
-from stage0.engine.digest import canonical_json, sha256_hex, sorted_action_digest
+from stage0.engine.digest import (
+    binding_digest,
+    bound_fields,
+    canonical_json,
+    sha256_hex,
+    sorted_action_digest,
+)
+from stage0.engine.evidence import EvidenceResolver
 from stage0.engine.facts import Classifier, Facts, derive_facts
 from stage0.engine.findings import Findings
 from stage0.engine.loops import check_loops
@@ -66,12 +79,15 @@ class Engine:
         clock: Clock = system_clock,
         ids: IdFactory = uuid4_id,
         held: tuple[CompiledPolicy, ...] = (),
+        evidence: EvidenceResolver | None = None,
     ) -> None:
         """``held``: other pack versions, each deciding the requests that pin it with
-        ``policy_pack_version`` (see :mod:`stage0.policy.packset`)."""
+        ``policy_pack_version`` (see :mod:`stage0.policy.packset`). ``evidence``: the answers
+        of the evidence source, looked up before evaluation (:mod:`stage0.engine.evidence`)."""
         self.policy = policy
         self.run_state = run_state
         self.approvals = approvals
+        self.evidence = evidence
         self._clock = clock
         self._ids = ids
         self._version = policy.policy_version if policy is not None else "none"
@@ -81,7 +97,7 @@ class Engine:
         self._packs = PackSet(policy, held) if policy is not None else None
         self._held = {
             p.policy_version: Engine(p, run_state=run_state, approvals=approvals, clock=clock,
-                                     ids=ids)
+                                     ids=ids, evidence=evidence)
             for p in held if policy is None or p.policy_version != policy.policy_version
         }
         self._pinned_from: str | None = None
@@ -127,13 +143,18 @@ class Engine:
         request_id: str | None = None,
         tenant: str | None = None,
         input_sha256: str | None = None,
+        requester: Requester | None = None,
     ) -> Decision:
-        """Decide a validated request. Never raises: failures are fail-closed decisions."""
+        """Decide a validated request. Never raises: failures are fail-closed decisions.
+
+        ``requester``: the authenticated key (and its principal) asking, which a server-side
+        approval must belong to (the pack's ``approvals.bound_to``); ``None`` in process,
+        where there is no key."""
         if self._held and request.policy_pack_version is not None and self._packs is not None:
             pinned = self._packs.find(request.policy_pack_version)
             if pinned is not None and pinned.policy_version in self._held:
                 return self._pinned(pinned.policy_version, request, at, request_id, tenant,
-                                    input_sha256)
+                                    input_sha256, requester)
         started = perf_counter()
         now = self._clock()
         at = at if at is not None else now
@@ -149,7 +170,8 @@ class Engine:
         if policy is None or self._parser is None:
             return self._failed(request, rid, now, at, input_sha256, "POLICY_NOT_LOADED", None)
         try:
-            body = self._evaluate(request, policy, self._parser, rid, now, at, tenant, input_sha256)
+            body = self._evaluate(request, policy, self._parser, rid, now, at, tenant,
+                                  input_sha256, requester)
             elapsed = perf_counter() - started
             if elapsed > policy.timeout_seconds:
                 return self._failed(
@@ -166,18 +188,20 @@ class Engine:
 
     def _pinned(self, version: str, request: CheckRequest, at: datetime | None,
                 request_id: str | None, tenant: str | None,
-                input_sha256: str | None) -> Decision:
+                input_sha256: str | None, requester: Requester | None) -> Decision:
         """A request pinned to a held version: that version decides, unless the active pack
         is stricter for this action (a pin never loosens the active policy). The active pack
         is evaluated without run state (the pinned evaluation already counted the call)."""
         decision = self._held[version].evaluate(
-            request, at=at, request_id=request_id, tenant=tenant, input_sha256=input_sha256)
+            request, at=at, request_id=request_id, tenant=tenant, input_sha256=input_sha256,
+            requester=requester)
         if self._ceiling is None:
             self._ceiling = Engine(self.policy, run_state=None, approvals=self.approvals,
-                                   clock=self._clock, ids=self._ids)
+                                   clock=self._clock, ids=self._ids, evidence=self.evidence)
         self._ceiling._pinned_from = version
         ceiling = self._ceiling.evaluate(request, at=at, request_id=decision.request_id,
-                                         tenant=tenant, input_sha256=input_sha256)
+                                         tenant=tenant, input_sha256=input_sha256,
+                                         requester=requester)
         if is_stricter_verdict(ceiling.verdict, decision.verdict):
             return ceiling
         return decision
@@ -212,6 +236,7 @@ class Engine:
         at: datetime,
         tenant: str,
         input_sha256: str,
+        requester: Requester | None = None,
     ) -> ResponseBody:
         classify = self._classify
         f = derive_facts(  # positional: keyword arguments cost time on every decision
@@ -227,6 +252,9 @@ class Engine:
 
         constraints = request.constraints or []
         g = parser.parse(constraints)
+        if policy.requires:  # the pack's `require` rules: the caller can add, never omit
+            g = parser.with_requirements(g, constraints, policy.requires_for(
+                f.tools, f.buckets, f.environment_key, f.is_production))
         req = checks.requirements(f, g, policy)
 
         # The checks run in a fixed order. A check that has nothing to look at (no such
@@ -236,10 +264,12 @@ class Engine:
         checks.check_side_effects(out, f, g, not constraints)  # constraints_empty
         if f.sensitive_tools:
             checks.check_sensitive_tools(out, f, g)
+        binding = (_binding_of(request, f, policy, digest)
+                   if req.approval or ctx.approval_id is not None else None)
         check_approval(  # positional: keyword arguments cost a microsecond here
             out, policy, req.approval, req.verified_only, req.approval_sources,
             ctx.approval_status, ctx.approval_id, ctx.approved_at, at, tenant, digest,
-            self.approvals, f.buckets,
+            self.approvals, f.buckets, binding, requester,
         )
         if g.roles is not None:
             checks.check_role(out, f, g)
@@ -249,11 +279,11 @@ class Engine:
         if policy.freezes:
             checks.check_freezes(out, f, policy)
         if req.rollback:
-            checks.check_rollback(out, f, req)
+            checks.check_rollback(out, f, req, policy, self.evidence)
         if req.mfa:
             checks.check_mfa(out, f, req, policy)
         if req.ticket:
-            checks.check_ticket(out, f, req)
+            checks.check_ticket(out, f, req, policy, self.evidence)
         if g.max_records is not None:
             checks.check_records(out, f, g)
         if g.scopes:
@@ -265,6 +295,7 @@ class Engine:
         if policy.rules:
             check_custom_rules(out, f, policy, constraints)
         report_break_glass(out)
+        checks.report_caller_evidence(out, g)
 
         return respond(
             out, f, policy, rid, now, at, input_sha256, digest, g.recognized, cost_estimate,
@@ -314,6 +345,14 @@ def _digest_of(request: CheckRequest, f: Facts) -> str:
         c.sorted_tools, c.sorted_side_effects, request.arguments, f.environment,
         ctx.resource_scope, ctx.target_resources,
     )
+
+
+def _binding_of(request: CheckRequest, f: Facts, policy: CompiledPolicy,
+                digest: str) -> Binding:
+    """What a server-side approval for this request is bound to (the deciding pack's rule)."""
+    rule = policy.approval_rule(f.buckets)
+    fields = bound_fields(request.goal, request.context, rule.binds)
+    return Binding(binding_digest(digest, fields), fields, rule.bound_to)
 
 
 def _mapping_sha256(body: dict[str, Any]) -> str:

@@ -34,8 +34,8 @@ Every check is a LangGraph task (``langgraph.func.task``), so its answer is save
 checkpoint: the re-run on resume replays the answers instead of asking again — in another
 process too, with any persistent checkpointer. A resume is therefore bound to the approval the
 interrupt showed: once that approval is rejected, expired or used, the call ends with an error
-``ToolMessage`` (``APPROVAL_REJECTED``, ``APPROVAL_EXPIRED``, ``APPROVAL_ALREADY_USED``); it never
-interrupts again for another approval request.
+``ToolMessage`` (``APPROVAL_REJECTED``, ``APPROVAL_EXPIRED``, ``APPROVAL_TIMED_OUT``,
+``APPROVAL_ALREADY_USED``); it never interrupts again for another approval request.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ PyYAML and pydantic only, not the MCP SDK."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,17 +60,33 @@ class ToolRule(_Model):
 
 
 class DownstreamServer(_Model):
-    """A downstream MCP server started over stdio."""
+    """A downstream MCP server: started over stdio (``command``) or reached over streamable
+    HTTP (``url``), exactly one of the two."""
 
-    command: str
+    command: str | None = None
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every HTTP request to ``url`` (``${VAR}`` expanded; an unset one is an error):
+    the gateway's own credential for that server, never the MCP client's."""
+    connect_timeout: float = Field(default=30.0, gt=0)
     prefix: bool = True
     side_effects: list[str] = Field(default_factory=list)
     constraints: list[str] = Field(default_factory=list)
     tools: dict[str, ToolRule] = Field(default_factory=dict)
     call_timeout: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> DownstreamServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either `command` (stdio) or `url` (streamable HTTP)")
+        if self.url is None and self.headers:
+            raise ValueError("`headers` are for a server reached by `url`")
+        if self.url is not None and (self.args or self.env or self.cwd):
+            raise ValueError("`args`, `env` and `cwd` are for a server started by `command`")
+        return self
 
 
 class Stage0Settings(_Model):
@@ -104,6 +121,63 @@ class ToolNames(_Model):
         return value
 
 
+class JwtSettings(_Model):
+    """OAuth 2.1 access tokens (JWT) from one issuer, verified with its JWKS."""
+
+    issuer: str = Field(min_length=1)
+    jwks_url: str = Field(pattern=r"^https?://")
+    audience: str | None = None
+    """Default: the gateway's resource URL (``http.resource_url``)."""
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    required_scopes: list[str] = Field(default_factory=list)
+    leeway: float = Field(default=30.0, ge=0, le=300)
+
+
+class HttpAuth(_Model):
+    """How MCP clients authenticate to the gateway's HTTP endpoint (a bearer token, always)."""
+
+    stage0_keys: bool = True
+    """Accept a Stage0 API key as the bearer token (checked with ``GET /usage``); the gateway
+    then asks Stage0 with that key, so each decision is the caller's."""
+    key_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    jwt: JwtSettings | None = None
+
+    @model_validator(mode="after")
+    def _some_method(self) -> HttpAuth:
+        if not self.stage0_keys and self.jwt is None:
+            raise ValueError("enable `stage0_keys` or configure `jwt`: the HTTP endpoint always "
+                             "requires a bearer token")
+        return self
+
+
+class HttpSettings(_Model):
+    """The gateway as a streamable-HTTP MCP server (``--listen``)."""
+
+    listen: str | None = None
+    """``HOST:PORT`` or ``PORT`` (host 127.0.0.1); ``--listen`` overrides it."""
+    path: str = Field(default="/mcp", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    resource_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The gateway's public URL (its OAuth resource identifier); default
+    ``http://HOST:PORT`` + ``path``."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+
+
+class InputRequiredSettings(_Model):
+    """Deferred calls of clients on MCP 2026-07-28: ``input_required`` with a sealed state."""
+
+    enabled: bool = True
+    poll_seconds: float = Field(default=15.0, ge=0, le=600)
+    """How long each retry waits for a pending approval before answering again."""
+    max_rounds: int = Field(default=8, ge=1, le=100)
+    """Rounds answered with ``input_required``, then the DEFER result (SDK clients stop at 10)."""
+    ttl: float = Field(default=900.0, gt=0, le=86400)
+    """Seconds a request state is valid."""
+    elicit: bool = True
+    """Ask the human (an elicitation in the result) when the client supports it."""
+
+
 class GatewayConfig(_Model):
     """The whole configuration file."""
 
@@ -111,6 +185,8 @@ class GatewayConfig(_Model):
     servers: dict[str, DownstreamServer] = Field(min_length=1)
     annotations: AnnotationEffects = Field(default_factory=AnnotationEffects)
     tool_names: ToolNames = Field(default_factory=ToolNames)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    input_required: InputRequiredSettings = Field(default_factory=InputRequiredSettings)
 
     @field_validator("servers")
     @classmethod
@@ -143,6 +219,26 @@ def load_config(path: str | Path) -> GatewayConfig:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"`{path}`: {exc}") from None
+
+
+_VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def expand_headers(server: str, headers: dict[str, str],
+                   environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``servers.<server>.headers`` with ``$VAR`` / ``${VAR}`` taken from the environment; an
+    unset variable is a :class:`ConfigError` (a credential must not be sent as written)."""
+    env = dict(os.environ) if environ is None else environ
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        def substitute(match: re.Match[str], header: str = name) -> str:
+            variable = match.group(1) or match.group(2)
+            if variable not in env:
+                raise ConfigError(f"servers.{server}.headers.{header}: the environment variable "
+                                  f"`{variable}` is not set")
+            return env[variable]
+        out[name] = _VARIABLE.sub(substitute, value)
+    return out
 
 
 def single_server_config(command: Sequence[str], name: str = "server") -> GatewayConfig:

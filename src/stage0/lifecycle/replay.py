@@ -39,6 +39,19 @@ class _AsRecorded:
         return self.evidence
 
 
+def _as_recorded(engine: Engine, approval: dict[str, Any], record: dict[str, Any],
+                 request: dict[str, Any], at: datetime) -> ApprovalEvidence:
+    """The recorded approval as evidence for the candidate: granted if it allowed the original
+    decision, else pending, and bound to what the candidate binds this request to (the
+    recorded decision's approval was for this very request)."""
+    verified = bool(approval.get("verified") and approval.get("satisfied"))
+    probe = engine.check(request, at=at, tenant=record["tenant"])
+    bound = probe.body["guardrail_checks"].get("approval") or {}
+    return ApprovalEvidence(
+        str(approval["approval_id"]), "approved" if verified else "pending",
+        record["action_digest"], binding_digest=bound.get("binding_digest"))
+
+
 @dataclass
 class ReplayReport:
     total: int = 0
@@ -105,16 +118,13 @@ def replay(store: Store, candidate: CompiledPolicy, *, tenant: str | None = None
         original = record["response"]
         approval = original.get("guardrail_checks", {}).get("approval") or {}
         approvals.evidence = None
-        if approval.get("approval_id"):
-            verified = bool(approval.get("verified") and approval.get("satisfied"))
-            approvals.evidence = ApprovalEvidence(
-                str(approval["approval_id"]), "approved" if verified else "pending",
-                record["action_digest"])
         at = datetime.fromtimestamp(float(original.get("evaluated_at") or
                                           record["created_at"]), UTC)
         clock.at = at
         request = _with_recorded_counters(record["request"], original)
         try:
+            if approval.get("approval_id"):
+                approvals.evidence = _as_recorded(engine, approval, record, request, at)
             decision = engine.check(request, at=at, request_id=record["request_id"],
                                     tenant=record["tenant"])
         except RequestValidationError:

@@ -18,6 +18,23 @@ Evidence = Literal["any", "verified"]
 _CACHE_LIMIT = 4096
 
 
+BoundTo = Literal["key", "principal", "tenant"]
+_BINDING_ORDER: dict[str, int] = {"key": 0, "principal": 1, "tenant": 2}
+
+DEFAULT_BINDS: tuple[str, ...] = (
+    "context.amount", "context.amount_cents", "context.amount_usd", "context.currency",
+    "context.record_count", "context.target_tenants", "context.tenant_id", "goal",
+)
+"""What an approval is bound to besides the action digest, unless the pack says otherwise:
+the goal, how many records, how much money, and which tenants (the environment, resource
+scope and target resources are in the action digest already). See docs/approvals.md."""
+
+
+def narrower_binding(a: BoundTo, b: BoundTo) -> BoundTo:
+    """The narrower of two requester bindings (``key`` < ``principal`` < ``tenant``)."""
+    return a if _BINDING_ORDER[a] <= _BINDING_ORDER[b] else b
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalRule:
     quorum: int
@@ -25,6 +42,11 @@ class ApprovalRule:
     approver_mfa: bool
     expires_in: float
     execute_within: float
+    bound_to: BoundTo = "key"
+    """Who may use a granted approval: the requesting key (the default), any key of the
+    requesting principal, or any key of the tenant."""
+    binds: tuple[str, ...] = DEFAULT_BINDS
+    """The request fields, besides the action digest, that an approval is bound to."""
 
     def tighten(self, other: ApprovalRule) -> ApprovalRule:
         """The stricter of two rules (an action in two buckets needs both satisfied)."""
@@ -37,6 +59,8 @@ class ApprovalRule:
             approver_mfa=self.approver_mfa or other.approver_mfa,
             expires_in=min(self.expires_in, other.expires_in),
             execute_within=min(self.execute_within, other.execute_within),
+            bound_to=narrower_binding(self.bound_to, other.bound_to),
+            binds=tuple(sorted(set(self.binds) | set(other.binds))),
         )
 
 
@@ -72,6 +96,34 @@ class CompiledBucket:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledRequire:
+    """A ``require`` rule: the constraints (as constraint strings, ``key: value``) that the
+    operator adds to every action the rule selects. A selector left empty selects every action;
+    a rule with ``environments`` also applies when the request names no environment (leaving
+    the environment out must not avoid a requirement)."""
+
+    index: int
+    name: str
+    buckets: frozenset[str]
+    tool_matcher: GlobMatcher | None
+    environments: frozenset[str]
+    production: bool
+    """``environments`` names ``production``: every production environment matches."""
+    constraints: tuple[str, ...]
+
+    def applies(self, tools: tuple[str, ...], buckets: tuple[str, ...],
+                environment: str | None, is_production: bool) -> bool:
+        if self.buckets and not self.buckets.intersection(buckets):
+            return False
+        matcher = self.tool_matcher
+        if matcher is not None and not any(matcher(t) for t in tools):
+            return False
+        if self.environments and environment is not None:
+            return environment in self.environments or (self.production and is_production)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     """Everything evaluation needs, resolved and indexed; nothing is interpreted per request."""
 
@@ -101,6 +153,15 @@ class CompiledPolicy:
     token_issuer: str
     break_glass: BreakGlassRule | None = None
     """``None`` when the pack turns break-glass off."""
+    approval_evidence: Evidence = "any"
+    """``approval.evidence``: also what a constraint-required approval needs."""
+    mfa_evidence: Evidence = "any"
+    rollback_evidence: Evidence = "any"
+    ticket_evidence: Evidence = "any"
+    requires: tuple[CompiledRequire, ...] = ()
+    """The pack's ``require`` rules, in pack order."""
+    _require_cache: dict[tuple[Any, ...], tuple[CompiledRequire, ...]] = field(
+        default_factory=dict)
     _tool_cache: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     _effect_buckets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _effect_cache: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -197,6 +258,24 @@ class CompiledPolicy:
             if b.approval:
                 rule = b.approvals if rule is None else rule.tighten(b.approvals)
         return rule or self.default_approvals
+
+    def requires_for(self, tools: tuple[str, ...], buckets: tuple[str, ...],
+                     environment: str | None, is_production: bool,
+                     ) -> tuple[CompiledRequire, ...]:
+        """The ``require`` rules that select an action (cached per distinct action shape)."""
+        key = (tools, buckets, environment, is_production)
+        hit = self._require_cache.get(key)
+        if hit is None:
+            hit = tuple(r for r in self.requires
+                        if r.applies(tools, buckets, environment, is_production))
+            if len(self._require_cache) < _CACHE_LIMIT:
+                self._require_cache[key] = hit
+        return hit
+
+    @property
+    def verifies_references(self) -> bool:
+        """Whether a rollback plan or a ticket must be confirmed by the evidence source."""
+        return self.rollback_evidence == "verified" or self.ticket_evidence == "verified"
 
     def resolve_alias(self, key: str) -> tuple[str, str | None] | None:
         return self.aliases.get(normalize_name(key))

@@ -4,8 +4,9 @@ The child is merged over its base: mappings merge key by key, lists of names (si
 patterns, verbs, aliases, roles, days…) are united, custom rules are appended, and scalars the
 child sets replace the base's. Then the result is compared with the base, and anything that
 would loosen it is refused — a bucket that no longer needs approval, a smaller quorum, approver
-MFA switched off, caller-written approval accepted again, a weaker rollback or environment
-requirement, a longer approval age, a removed bucket or window, a wider or longer break-glass.
+MFA switched off, caller-written approval, MFA, rollback or ticket evidence accepted again, a
+weaker rollback or environment requirement, a longer approval age, a removed bucket, window or
+require rule, a wider or longer break-glass.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def merge(base: Any, child: Any, path: str = "") -> Any:
             out[key] = merge(base[key], value, f"{path}.{key}") if key in base else value
         return out
     if isinstance(base, list) and isinstance(child, list):
-        if path.endswith(".rules") or path == ".rules":
-            return [*base, *child]
+        if path.endswith(".rules") or path == ".require":
+            return [*base, *child]  # rules and require rules: the base's, then the child's
         return list(dict.fromkeys([*base, *child]))  # names: the union, base order first
     return child
 
@@ -59,12 +60,20 @@ def loosenings(base: dict[str, Any], merged: dict[str, Any]) -> list[Loosening]:
                  for name in b.change_windows if name not in m.change_windows)
     if len(m.rules) < len(b.rules):
         found.append(Loosening(("rules",), "the base pack's rules cannot be removed"))
+    if len(m.require) < len(b.require):
+        found.append(Loosening(("require",), "the base pack's rules cannot be removed"))
     return found
 
 
 def _approvals(b: PackDocument, m: PackDocument) -> Iterator[Loosening]:
     if _RANK[m.approval.evidence] < _RANK[b.approval.evidence]:
         yield Loosening(("approval", "evidence"), "`verified` cannot become `any`")
+    for path, mine, theirs in (
+            (("mfa", "evidence"), m.mfa.evidence, b.mfa.evidence),
+            (("evidence", "rollback_plan"), m.evidence.rollback_plan, b.evidence.rollback_plan),
+            (("evidence", "ticket"), m.evidence.ticket, b.evidence.ticket)):
+        if _RANK[mine] < _RANK[theirs]:
+            yield Loosening(path, "`verified` cannot become `any`")
     if parse_duration(m.approval.max_age) > parse_duration(b.approval.max_age):
         yield Loosening(("approval", "max_age"), "cannot grow")
     if m.approvals.quorum < b.approvals.quorum:

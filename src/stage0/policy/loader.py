@@ -19,20 +19,36 @@ from stage0.contract.codes import CODES
 from stage0.contract.constraints import CONSTRAINT_KEYS
 from stage0.policy.cel import CelRuleError, compile_rule
 from stage0.policy.compiled import (
+    DEFAULT_BINDS,
     ApprovalRule,
     BreakGlassRule,
     CompiledBucket,
     CompiledPolicy,
+    CompiledRequire,
     RuleIndex,
     index_effect_buckets,
 )
+from stage0.policy.constraint_values import FALSE, TRUE, VALUE_PARSERS
 from stage0.policy.extends import BUILTIN, resolve
 from stage0.policy.lint.codes import Located, Location, YamlPath, dotted, lint_issue, schema_code
 from stage0.policy.matching import GlobMatcher, normalize_name, squash
-from stage0.policy.schema import ApprovalRules, PackDocument, parse_duration
+from stage0.policy.schema import (
+    ApprovalRules,
+    ConstraintValue,
+    PackDocument,
+    RequireRule,
+    parse_duration,
+)
 from stage0.policy.windows import DAY_INDEX, CompiledWindow
 
 DEFAULT_PACK = "stage0-policy-pack.yaml"
+STRICT_PACK = "stage0-strict.yaml"
+PRESETS = {
+    "default": DEFAULT_PACK, "stage0-policy-pack": DEFAULT_PACK,
+    "strict": STRICT_PACK, "stage0-strict": STRICT_PACK,
+}
+"""Names that ``--policy`` / ``STAGE0_POLICY`` take for a pack shipped in the package. They
+always name the shipped pack; a pack file has a ``.yaml`` (or ``.yml``) name."""
 
 
 class PolicyError(ValueError):
@@ -79,10 +95,34 @@ def default_pack_text() -> str:
     return resources.files("stage0.policy.packs").joinpath(DEFAULT_PACK).read_text("utf-8")
 
 
+def preset_file(name: str | Path) -> str | None:
+    """The shipped pack file that a preset name (``strict``, ``default``) names, else ``None``."""
+    return PRESETS.get(str(name))
+
+
+def preset_path(name: str | Path) -> Path | None:
+    """Where the shipped pack of a preset name is on disk (``None``: not a preset name)."""
+    file = preset_file(name)
+    if file is None:
+        return None
+    return Path(str(resources.files("stage0.policy.packs").joinpath(file)))
+
+
+def policy_source(path: str) -> str:
+    """``path`` as a setting passed on to worker processes: a preset name as it is, a file or
+    directory as an absolute path."""
+    return path if preset_file(path) is not None else str(Path(path).resolve())
+
+
 def load_policy(path: str | Path | None = None) -> CompiledPolicy:
-    """Load ``path`` (or the default pack shipped in the package) and compile it."""
+    """Load ``path`` (or the default pack shipped in the package, or the shipped pack a preset
+    name such as ``strict`` names) and compile it."""
     if path is None:
         return compile_text(default_pack_text(), source=f"<builtin {DEFAULT_PACK}>")
+    preset = preset_file(path)
+    if preset is not None:
+        text = resources.files("stage0.policy.packs").joinpath(preset).read_text("utf-8")
+        return compile_text(text, source=f"<builtin {preset}>")
     p = Path(path)
     try:
         text = p.read_text("utf-8")
@@ -162,6 +202,8 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             approver_mfa=rules.approver_mfa,
             expires_in=parse_duration(rules.expires_in),
             execute_within=parse_duration(rules.execute_within),
+            bound_to=rules.bound_to,
+            binds=tuple(sorted(set(DEFAULT_BINDS) | set(rules.binds or ()))),
         )
 
     default_approvals = approval_rule(doc.approvals)
@@ -184,6 +226,18 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
         )
         for name, b in doc.buckets.items()
     )
+
+    requires = tuple(
+        _compile_require(i, r, aliases, windows, doc, problems) for i, r in enumerate(doc.require))
+    if doc.mfa.evidence == "verified":
+        without = ([("approvals", "approver_mfa")] if not doc.approvals.approver_mfa else []) + [
+            ("buckets", name, "require", "approvals", "approver_mfa")
+            for name, b in doc.buckets.items()
+            if b.require.approvals is not None and not b.require.approvals.approver_mfa]
+        for path in without:
+            problems.add("PACK_BAD_VALUE", ("mfa", "evidence"),
+                         f"`mfa.evidence: verified` counts only the approvers' MFA, so "
+                         f"`{dotted(path)}` must be true")
 
     rules = []
     for i, r in enumerate(doc.rules):
@@ -245,10 +299,84 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             min_reason_length=doc.break_glass.min_reason_length,
             expires_in=parse_duration(doc.break_glass.expires_in),
         ) if doc.break_glass.enabled else None,
+        approval_evidence=doc.approval.evidence,
+        mfa_evidence=doc.mfa.evidence,
+        rollback_evidence=doc.evidence.rollback_plan,
+        ticket_evidence=doc.evidence.ticket,
+        requires=requires,
         _effect_buckets=index_effect_buckets(buckets),
         _write_keys=frozenset(squash(normalize_name(s)) for s in doc.side_effects.write_class),
         _bucket_index=MappingProxyType({b.name: b for b in buckets}),
         _rule_index=RuleIndex(tuple(rules)),
+    )
+
+
+NOT_REQUIRABLE = frozenset({"sandbox", "dry_run", "allowlist"})
+"""Constraint keys that are the caller's declaration of how it runs: nothing the server checks,
+so an operator cannot require them in a ``require`` rule."""
+
+
+def _constraint_text(value: ConstraintValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _compile_require(index: int, rule: RequireRule,
+                     aliases: dict[str, tuple[str, str | None]],
+                     windows: dict[str, CompiledWindow], doc: PackDocument,
+                     problems: _Problems) -> CompiledRequire:
+    """One ``require`` rule, its constraints as constraint strings; problems are reported."""
+    where: YamlPath = ("require", index)
+    for name in rule.buckets:
+        if name not in doc.buckets:
+            problems.add("PACK_BAD_VALUE", (*where, "buckets"),
+                         f"`{name}` is not a bucket of this pack")
+    texts: list[str] = []
+    for key, raw_value in rule.constraints.items():
+        path: YamlPath = (*where, "constraints", key)
+        resolved = aliases.get(normalize_name(key))
+        if resolved is None:
+            problems.add("PACK_UNKNOWN_CONSTRAINT", path, f"`{key}` is not a constraint key")
+            continue
+        canon, implied = resolved
+        if canon in NOT_REQUIRABLE:
+            problems.add("PACK_BAD_VALUE", path,
+                         f"`{canon}` is the caller's declaration of how it runs; the server "
+                         "cannot check it, so it cannot be required")
+            continue
+        value = _constraint_text(raw_value).strip()
+        if implied is not None and value.lower() in TRUE:
+            value = implied
+        if value.lower() in FALSE and CONSTRAINT_KEYS[canon] == "flag":
+            problems.add("PACK_BAD_VALUE", path,
+                         f"`{key}: {value}` requires nothing; leave it out")
+            continue
+        try:
+            if CONSTRAINT_KEYS[canon] != "flag" and not value:
+                raise ValueError(f"`{canon}` needs a value")
+            typed, shown = VALUE_PARSERS[CONSTRAINT_KEYS[canon]](canon, value)
+        except ValueError as exc:
+            message = str(exc)
+            problems.add("PACK_BAD_VALUE", path, message if message.startswith("`")
+                         else f"`{canon}` has an invalid value `{value}`")
+            continue
+        if canon == "allowed_change_window" and typed not in windows:
+            problems.add("PACK_UNKNOWN_WINDOW", path,
+                         f"change window `{typed}` is not defined in `change_windows`")
+            continue
+        texts.append(f"{canon}: {shown}")
+    envs = frozenset(normalize_name(e) for e in rule.environments if e.strip())
+    return CompiledRequire(
+        index=index,
+        name=rule.name,
+        buckets=frozenset(rule.buckets),
+        tool_matcher=GlobMatcher(rule.tools) if rule.tools else None,
+        environments=envs,
+        production="production" in envs,
+        constraints=tuple(texts),
     )
 
 

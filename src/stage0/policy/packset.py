@@ -20,7 +20,7 @@ from pathlib import Path
 import semver
 
 from stage0.policy.compiled import CompiledPolicy
-from stage0.policy.loader import PolicyError, load_policy
+from stage0.policy.loader import PolicyError, load_policy, preset_path
 
 ACTIVE_FILE = "pack.yaml"
 
@@ -55,7 +55,11 @@ class PackSet:
 
 
 def pack_files(path: str | Path) -> list[Path]:
-    """The pack files of ``path``: the file itself, or every YAML file of the directory."""
+    """The pack files of ``path``: the file itself, or every YAML file of the directory; for
+    a preset name (``strict``), the shipped file."""
+    preset = preset_path(path)
+    if preset is not None:
+        return [preset]
     p = Path(path)
     if not p.is_dir():
         return [p]

@@ -56,14 +56,52 @@ class ApprovalSettings(_Strict):
         return v
 
 
+Evidence = Literal["any", "verified"]
+"""``any``: what the caller writes counts (the hosted contract); ``verified``: only what the
+server holds or can check does."""
+
+
 class MfaSettings(_Strict):
     max_age: Duration = "12h"
+    evidence: Evidence = Field(
+        default="any",
+        description="verified: `mfa_verified` from the caller does not count; only a server-side "
+                    "approval whose approvers verified MFA does")
 
     @field_validator("max_age")
     @classmethod
     def _duration(cls, v: Duration) -> Duration:
         parse_duration(v)
         return v
+
+
+class EvidenceSettings(_Strict):
+    """Which caller-written evidence counts (``any``) and which must be a reference that the
+    configured evidence source confirms (``verified``)."""
+
+    rollback_plan: Evidence = "any"
+    ticket: Evidence = "any"
+
+
+ConstraintValue = bool | int | float | str | list[str]
+
+
+class RequireRule(_Strict):
+    """Constraints the operator requires for the actions a rule selects: merged with the
+    caller's, so that the caller can add to them and never leave one out."""
+
+    name: str
+    description: str = ""
+    buckets: list[str] = Field(
+        default=[], description="The rule applies to actions in one of these buckets")
+    tools: list[str] = Field(
+        default=[], description="The rule applies to a call whose tools match one of these globs")
+    environments: list[str] = Field(
+        default=[],
+        description="The rule applies in these environments (`production`: every production "
+                    "environment); also when the request names no environment")
+    constraints: dict[str, ConstraintValue] = Field(
+        min_length=1, description="Constraint key (or alias) -> value, as a caller writes them")
 
 
 class ChangeWindow(_Strict):
@@ -123,6 +161,28 @@ class ApprovalRules(_Strict):
     approver_mfa: bool = False
     expires_in: Duration = "24h"
     execute_within: Duration = "15m"
+    bound_to: Literal["key", "principal", "tenant"] = Field(
+        default="key",
+        description="Who may use a granted approval: the key that requested it (default), "
+        "any key of the requesting principal, or any key of the tenant",
+    )
+    binds: list[str] | None = Field(
+        default=None,
+        description="More request fields (`goal`, `context.<key>`) to bind an approval to, "
+        "added to the built-in list (goal, record count, amounts, currency, tenants) and the "
+        "action digest; a pack can add fields, never remove one",
+    )
+
+    @field_validator("binds")
+    @classmethod
+    def _binds(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for path in v:
+            head, _, key = path.partition(".")
+            if not (path == "goal" or (head == "context" and key and "." not in key)):
+                raise ValueError(f"`{path}` is not `goal` or `context.<key>`")
+        return v
 
     @field_validator("expires_in", "execute_within")
     @classmethod
@@ -252,6 +312,8 @@ class PackDocument(_Strict):
     execution_tokens: ExecutionTokens = ExecutionTokens()
     break_glass: BreakGlass = BreakGlass()
     mfa: MfaSettings = MfaSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
+    require: list[RequireRule] = []
     change_windows: dict[str, ChangeWindow] = {}
     freezes: list[Freeze] = []
     side_effects: SideEffectSettings

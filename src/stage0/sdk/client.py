@@ -127,7 +127,7 @@ class Client(_Base):
         except httpx.HTTPError as exc:
             return failed_closed("SERVICE_UNAVAILABLE", f"{type(exc).__name__}: {exc}",
                                  request_id=request_id)
-        return interpret(response.status_code, response.content, request_id)
+        return interpret(response.status_code, response.content, request_id, self.base_url)
 
     def usage(self) -> dict[str, Any]:
         return dict(self._json(self._http.get("/usage", headers=self._headers()), "usage"))
@@ -238,7 +238,7 @@ class AsyncClient(_Base):
         except httpx.HTTPError as exc:
             return failed_closed("SERVICE_UNAVAILABLE", f"{type(exc).__name__}: {exc}",
                                  request_id=request_id)
-        return interpret(response.status_code, response.content, request_id)
+        return interpret(response.status_code, response.content, request_id, self.base_url)
 
     async def _send(self, method: str, path: str, what: str,
                     body: Mapping[str, Any] | None = None, auth: bool = True) -> Any:

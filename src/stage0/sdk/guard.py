@@ -35,7 +35,8 @@ class ActionBlocked(Exception):
         self.issues = result.issues
         self.approval = result.approval
         reason = result.body.get("reason") or ", ".join(result.issue_codes)
-        super().__init__(message or f"{result.verdict}: {reason}")
+        where = f" (approve at {result.approval_url})" if result.approval_url else ""
+        super().__init__(message or f"{result.verdict}: {reason}{where}")
 
 
 class ActionDenied(ActionBlocked):
@@ -84,8 +85,9 @@ def _with_approval(body: dict[str, Any], approval_id: str) -> dict[str, Any]:
 
 
 APPROVAL_ENDED = frozenset({"APPROVAL_REJECTED", "APPROVAL_ALREADY_USED", "APPROVAL_EXPIRED",
-                            "APPROVAL_SCOPE_MISMATCH"})
-"""The codes that say the approval a request named can no longer allow it."""
+                            "APPROVAL_TIMED_OUT", "APPROVAL_SCOPE_MISMATCH",
+                            "APPROVAL_REQUESTER_MISMATCH"})
+"""The codes that say the approval a request named can no longer allow it (for this caller)."""
 
 
 def approval_ended(result: CheckResult, approval_id: str | None) -> bool:

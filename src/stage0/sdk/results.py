@@ -76,8 +76,12 @@ def failed_closed(code: str, message: str, *, status: int = 0, request_id: str |
     return CheckResult(body, status, retry_after)
 
 
-def interpret(status: int, content: bytes, request_id: str | None) -> CheckResult:
-    """Turn an HTTP answer to /check into a result, failing closed on anything unexpected."""
+def interpret(status: int, content: bytes, request_id: str | None,
+              base_url: str | None = None) -> CheckResult:
+    """Turn an HTTP answer to /check into a result, failing closed on anything unexpected.
+
+    A relative ``approval.approval_url`` (a server without ``STAGE0_PUBLIC_URL``) is made
+    absolute against ``base_url``, the address this client reached the server at."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -96,6 +100,10 @@ def interpret(status: int, content: bytes, request_id: str | None) -> CheckResul
             return failed_closed("SERVICE_UNAVAILABLE",
                                  f"the answer has an unknown verdict/decision "
                                  f"`{verdict}`/`{decision}`", status=status, request_id=rid)
+        approval = body.get("approval")
+        link = approval.get("approval_url") if isinstance(approval, dict) else None
+        if base_url and isinstance(link, str) and link.startswith("/"):
+            approval["approval_url"] = base_url.rstrip("/") + link  # type: ignore[index]
         return CheckResult(body, 200)
     retry = body.get("retry_after_seconds")
     detail = str(body.get("detail") or f"HTTP {status}")

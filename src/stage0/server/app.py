@@ -21,7 +21,7 @@ from stage0 import __version__
 from stage0.contract.request import MAX_BODY_BYTES
 from stage0.server import errors
 from stage0.server.jobs import error_body
-from stage0.server.routes import approvals, check, decisions, ops
+from stage0.server.routes import approvals, authzen, check, decisions, ops
 from stage0.server.state import AppState, Settings, start
 
 __all__ = ["Settings", "Stage0App", "create_api"]
@@ -133,7 +133,8 @@ def create_api(settings: Settings | None = None) -> Stage0App:
     )
     ops.mount_api_docs(app)
     errors.install(app)
-    for router in (check.router, decisions.router, approvals.router, ops.router):
+    for router in (check.router, authzen.router, decisions.router, approvals.router,
+                   ops.router):
         app.include_router(router)
     _with_request_defs(app)
     return app

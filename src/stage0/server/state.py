@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from starlette.applications import Starlette
@@ -23,9 +24,11 @@ from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.policy.packset import PackSet, load_pack_set
 from stage0.server import metrics
 from stage0.server.backoff import AuthBackoff, BackoffSettings
+from stage0.server.evidence import EvidencePrefetch, EvidenceSettings
 from stage0.server.reload import PolicyReloader
 from stage0.server.writer import Writer
 from stage0.store import Store
+from stage0.store.checkpoints import Checkpointer, CheckpointSettings
 from stage0.store.signing import ensure_signing_key
 from stage0.store.webhooks import Deliverer
 
@@ -42,8 +45,15 @@ class Settings:
     environment: str = "self-hosted"
     tune_gc: bool = False
     """Freeze start-up objects and collect less often (the served process; not tests)."""
+    public_url: str | None = None
+    """The base URL people reach this server at (``STAGE0_PUBLIC_URL``): approval links are
+    absolute under it, else paths (the Host header is never trusted for them)."""
     auth_backoff: BackoffSettings = field(default_factory=BackoffSettings)
     """When failed authentications back off (``server/backoff.py``)."""
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
+    """When the decision log's chains are checkpointed (``store/checkpoints.py``)."""
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
+    """The evidence source that confirms rollback and ticket references (``server/evidence.py``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,8 +63,22 @@ class Settings:
             frozen_time=os.environ.get("STAGE0_FROZEN_TIME") or None,
             environment=os.environ.get("STAGE0_ENVIRONMENT", "self-hosted"),
             tune_gc=True,
+            public_url=public_url(os.environ.get("STAGE0_PUBLIC_URL")),
             auth_backoff=BackoffSettings.from_env(),
+            checkpoints=CheckpointSettings.from_env(),
+            evidence=EvidenceSettings.from_env(),
         )
+
+
+def public_url(value: str | None) -> str | None:
+    """``STAGE0_PUBLIC_URL`` checked: an absolute http(s) URL without query or fragment."""
+    if not value:
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"STAGE0_PUBLIC_URL must be an absolute http(s) URL such as "
+                         f"https://stage0.example.com, not {value!r}")
+    return value.strip().rstrip("/")
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +96,8 @@ class AppState:
     reloader: PolicyReloader | None = None
     auth: AuthBackoff = field(default_factory=AuthBackoff)
     """Failed authentications of this process, and their back-off."""
+    evidence: EvidencePrefetch | None = None
+    """Looks a check's rollback and ticket references up before it is queued."""
 
     def now_us(self) -> int:
         return int(self.clock().timestamp() * 1e6)
@@ -106,6 +132,14 @@ class _Sweeper:
             self.pipeline.sweep().result(timeout=60)
 
 
+def _each(*jobs: Callable[[], None]) -> Callable[[], None]:
+    def tick() -> None:
+        for job in jobs:
+            job()
+
+    return tick
+
+
 def _load_packs(settings: Settings) -> PackSet | None:
     try:
         return load_pack_set(settings.policy) if settings.policy else PackSet(load_policy(None))
@@ -138,12 +172,16 @@ def start(settings: Settings) -> AppState:
     pipeline = Writer(store, policy, clock=clock, frozen_time=settings.frozen_time,
                       held=packs.held if packs is not None else (), ids=uuid4_id,
                       wall_clock=system_clock)
+    pipeline.approvals.public_url = settings.public_url
     if policy is not None:
         metrics.POLICY_INFO.labels(policy_version=policy.policy_version,
                                    sha256=policy.sha256).set(1)
     state = AppState(settings=settings, store=store, pipeline=pipeline, clock=clock,
-                     deliverer=Deliverer(store, on_tick=_Sweeper(pipeline), clock=time.time),
+                     deliverer=Deliverer(store, clock=time.time, on_tick=_each(
+                         Checkpointer(store, settings.checkpoints, clock=time.time,
+                                      keyring=pipeline.keyring), _Sweeper(pipeline))),
                      policy=policy, packs=packs, auth=AuthBackoff(settings.auth_backoff))
+    state.evidence = EvidencePrefetch(settings.evidence, store, pipeline)
     if settings.policy:
         state.reloader = PolicyReloader(settings.policy, state.apply, clock=time.time)
         state.reloader.start()

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from stage0.engine import Engine, system_clock, uuid4_id
+from stage0.engine.evidence import EvidenceCache
 from stage0.policy import CompiledPolicy
 from stage0.server import metrics, readahead
 from stage0.server.durability import Durability
@@ -110,6 +111,8 @@ class Writer:
         """Opens the writer's raw DB-API connection (a seam for fault tests)."""
         self.known = readahead.KnownKeys()
         """Key hash to (tenant, key id), as the transactions found them."""
+        self.evidence = EvidenceCache()
+        """The evidence source's answers, looked up before a check is queued (#15)."""
         self.early = early.EarlyDecider(self)
         self.engine = self._engine()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -126,7 +129,7 @@ class Writer:
 
     def _engine(self) -> Engine:
         return Engine(self.policy, run_state=self.run_state, approvals=self.approvals,
-                      clock=self.clock, ids=self.ids, held=self.held)
+                      clock=self.clock, ids=self.ids, held=self.held, evidence=self.evidence)
 
     @property
     def broken(self) -> str | None:

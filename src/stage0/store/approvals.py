@@ -11,15 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
-from sqlalchemy import and_, select
 
-from stage0.engine.approvals import ApprovalEvidence
-from stage0.policy.compiled import ApprovalRule
+from stage0.engine.approvals import ApprovalEvidence, Requester, foreign_requester
+from stage0.policy.compiled import ApprovalRule, BoundTo
 from stage0.store import statements as st
 from stage0.store.database import Store
-from stage0.store.schema import approval_votes, approvals, decisions
+from stage0.store.keys import normalize_principal
 from stage0.store.sql import compiled, one_of_params
 from stage0.store.statements import APPROVAL_COLUMNS, VOTE_COLUMNS
 
@@ -49,12 +49,14 @@ class Approval:
             return "expired"
         return status
 
-    def view(self, now_us: int) -> dict[str, Any]:
-        """The ``approval`` object of the API (CONTRACT section 6)."""
+    def view(self, now_us: int, public_url: str | None = None) -> dict[str, Any]:
+        """The ``approval`` object of the API (CONTRACT section 6), with its console page
+        (absolute under ``public_url``, the server's ``STAGE0_PUBLIC_URL``, else a path)."""
         r = self.row
         action = orjson.loads(r["action"])
         return {
             "approval_id": r["id"],
+            "approval_url": approval_url(r["id"], public_url),
             "tenant_id": r["tenant_id"],
             "kind": r.get("kind") or "standard",
             "reason": r.get("reason"),
@@ -77,6 +79,8 @@ class Approval:
             "expires_at": _iso(r["expires_us"]),
             "decided_at": _iso(r["decided_us"]),
             "execute_by": _iso(r["execute_by_us"]),
+            "bound_to": r.get("bound_to") or "key",
+            "bound_fields": orjson.loads(r["bound_fields"]) if r.get("bound_fields") else {},
             "used_at": _iso(r.get("used_us")),
             "used_by_request": r.get("used_by_request"),
             "votes": [
@@ -102,7 +106,26 @@ class Approval:
             requires_mfa=bool(r["requires_mfa"]),
             eligible_roles=frozenset(orjson.loads(r["eligible_roles"])),
             used_by=r.get("used_by_request"),
+            binding_digest=r.get("binding_digest"),
+            bound_fields=orjson.loads(r["bound_fields"]) if r.get("bound_fields") else {},
+            requested_by_key=r["requested_by_key"],
+            requested_by_principal=normalize_principal(r["requested_by_principal"]),
+            bound_to=r.get("bound_to") or "key",
         )
+
+    def usable_by(self, requester: Requester | None, bound_to: BoundTo) -> bool:
+        """Whether ``requester`` may use this request (what the engine would otherwise answer
+        with ``APPROVAL_REQUESTER_MISMATCH``) under the deciding pack's ``bound_to``."""
+        r = self.row
+        return requester is None or foreign_requester(
+            r.get("bound_to") or "key", bound_to, r["requested_by_key"],
+            normalize_principal(r["requested_by_principal"]), requester) is None
+
+
+def approval_url(approval_id: str, public_url: str | None) -> str:
+    """An approval request's page on the console: where its approvers decide it."""
+    path = f"/console/approvals/{quote(approval_id, safe='')}"
+    return public_url.rstrip("/") + path if public_url else path
 
 
 def is_open(status: str, expires_us: int, execute_by_us: int | None, now_us: int) -> bool:
@@ -131,12 +154,16 @@ class ApprovalStore:
             "one": st.approval_one, "open": st.approval_open, "insert": st.approval_insert,
             "update": st.approval_update,
             "vote": st.vote_insert, "votes": st.votes_of, "count": st.approval_count,
-            "expired_ids": st.expired_approvals}.items()}
+            "expired_ids": st.expired_approvals, "to_warn": st.approvals_to_warn,
+            "warned": st.approval_warned}.items()}
         self._store = store
         self._cursor: Any = None
         self.now_us = 0
-        self._open: dict[tuple[str, str], Approval | None] = {}
-        """``open_for`` answers of this transaction (kept current by this store's writes)."""
+        self.public_url: str | None = None
+        """The server's public base URL (``STAGE0_PUBLIC_URL``), for ``approval_url``."""
+        self._open: dict[tuple[str, str], list[Approval]] = {}
+        """The open requests of an action (tenant, action digest), newest first, as read in
+        this transaction and kept current by this store's writes (``open_for`` picks one)."""
         self.reads: dict[str, int] = {}
         """Single-request reads made, by statement (``one``, ``open``): what a prefetch
         spared shows here."""
@@ -151,20 +178,23 @@ class ApprovalStore:
         self._cursor = cursor
         self._open.clear()
 
-    def _fetch(self, sql: str, params: dict[str, Any], *,
-               votes_if_counted: bool = False) -> Approval | None:
+    def _fetch(self, sql: str, params: dict[str, Any]) -> Approval | None:
         cur = self.cursor
         self.reads[sql] = self.reads.get(sql, 0) + 1
         cur.execute(self._sql[sql], params)
         row = cur.fetchone()
         if row is None:
             return None
-        record = dict(zip(COLUMNS, row, strict=True))
-        if votes_if_counted and _no_votes(record):
-            return Approval(record, [])
-        cur.execute(self._sql["votes"], {"a": record["id"]})
-        votes = [dict(zip(VOTE_COLUMNS, v, strict=True)) for v in cur.fetchall()]
-        return Approval(record, votes)
+        return self._with_votes(Approval(dict(zip(COLUMNS, row, strict=True)), []))
+
+    def _with_votes(self, approval: Approval) -> Approval:
+        """``approval`` with its votes read (once: ``votes`` is kept current by
+        :meth:`record_vote`), unless it has none to read."""
+        if approval.votes or _no_votes(approval.row):
+            return approval
+        self.cursor.execute(self._sql["votes"], {"a": approval.id})
+        approval.votes = [dict(zip(VOTE_COLUMNS, v, strict=True)) for v in self.cursor.fetchall()]
+        return approval
 
     def prefetch_open(self, tenant: str, digests: set[str], now_us: int,
                       cur: Any) -> Callable[[], None]:
@@ -181,17 +211,11 @@ class ApprovalStore:
                     one_of_params(dialect, "d", wanted, {"t": tenant, "now": now_us}))
 
         def finish() -> None:
-            found: dict[str, dict[str, Any]] = {}
-            for row in cur.fetchall():  # newest first: the first row of a digest is its answer
-                record = dict(zip(COLUMNS, row, strict=True))
-                found.setdefault(record["action_digest"], record)
             for digest in wanted:
-                hit = found.get(digest)
-                if hit is None:
-                    self._open[(tenant, digest)] = None
-                elif _no_votes(hit):
-                    self._open[(tenant, digest)] = Approval(hit, [])
-                # otherwise (votes to read) ``open_for`` reads it the usual way
+                self._open[(tenant, digest)] = []
+            for row in cur.fetchall():  # newest first
+                record = dict(zip(COLUMNS, row, strict=True))
+                self._open[(tenant, record["action_digest"])].append(Approval(record, []))
 
         return finish
 
@@ -202,29 +226,47 @@ class ApprovalStore:
         found = [self.get(tenant, i) for i in ids]
         return [a for a in found if a is not None]
 
+    def to_warn(self, tenant: str, now_us: int, horizon_us: int) -> list[Approval]:
+        """Pending requests expiring by ``horizon_us`` whose approvers were not warned yet."""
+        cur = self.cursor
+        cur.execute(self._sql["to_warn"], {"t": tenant, "now": now_us, "horizon": horizon_us})
+        ids = [approval_id for (approval_id,) in cur.fetchall()]
+        return [a for a in (self.get(tenant, i) for i in ids) if a is not None]
+
+    def mark_warned(self, approval: Approval, now_us: int) -> None:
+        approval.row["warned_us"] = now_us
+        self.cursor.execute(self._sql["warned"], {"w": now_us, "i": approval.id})
+
     def get(self, tenant: str, approval_id: str) -> Approval | None:
         return self._fetch("one", {"t": tenant, "i": approval_id})
 
-    def open_for(self, tenant: str, digest: str, now_us: int) -> Approval | None:
-        """The request for this exact action that can still move it forward: pending, or
-        granted and within its execute-by window."""
+    def open_for(self, tenant: str, digest: str, now_us: int, binding: str | None = None,
+                 requester: Requester | None = None, bound_to: BoundTo = "key",
+                 ) -> Approval | None:
+        """The newest request for this exact action that can still move it forward (pending,
+        or granted and within its execute-by window), bound to ``binding`` (the engine's
+        binding digest; ``None``: any) and usable by ``requester`` under ``bound_to``."""
         key = (tenant, digest)
-        if key in self._open:  # read before in this transaction; still open at ``now_us``?
-            cached = self._open[key]
-            row = cached.row if cached is not None else None
-            if row is None or is_open(row["status"], row["expires_us"], row["execute_by_us"],
-                                      now_us):
-                return cached
-        found = self._fetch("open", {"t": tenant, "d": digest, "now": now_us},
-                            votes_if_counted=True)
-        self._open[key] = found
-        return found
+        found = self._open.get(key)
+        if found is None:
+            self.reads["open"] = self.reads.get("open", 0) + 1
+            self.cursor.execute(self._sql["open"], {"t": tenant, "d": digest, "now": now_us})
+            found = self._open[key] = [Approval(dict(zip(COLUMNS, row, strict=True)), [])
+                                       for row in self.cursor.fetchall()]
+        for approval in found:
+            r = approval.row
+            if (is_open(r["status"], r["expires_us"], r["execute_by_us"], now_us)
+                    and (binding is None or r.get("binding_digest") == binding)
+                    and approval.usable_by(requester, bound_to)):
+                return self._with_votes(approval)
+        return None
 
     def create(
         self, *, tenant: str, digest: str, action: dict[str, Any], buckets: list[str],
         environment: str | None, request_id: str, key_id: str, principal: str | None,
         actor_id: str | None, policy_version: str, rule: ApprovalRule, now_us: int,
         kind: str = "standard", reason: str | None = None, lifts: list[str] | None = None,
+        binding: str | None = None, bound_fields: dict[str, Any] | None = None,
     ) -> Approval:
         record = {
             "id": ("brk_" if kind == "break_glass" else "apr_") + secrets.token_hex(8),
@@ -253,15 +295,25 @@ class ApprovalStore:
             "kind": kind,
             "reason": reason,
             "lifts": orjson.dumps(lifts).decode() if lifts is not None else None,
+            "binding_digest": binding,
+            "bound_fields": orjson.dumps(bound_fields).decode() if bound_fields else None,
+            "bound_to": rule.bound_to,
+            "warned_us": None,
         }
         self.cursor.execute(self._sql["insert"], record)
         approval = Approval(record, [])
-        self._open[(tenant, digest)] = approval  # the newest open request for the action
+        known = self._open.get((tenant, digest))
+        if known is not None:  # the newest open request for the action
+            known.insert(0, approval)
         return approval
+
+    def _forget(self, approval: Approval) -> None:
+        """Another copy of ``approval`` may be in an open list: read the action's again."""
+        self._open.pop((approval.row["tenant_id"], approval.row["action_digest"]), None)
 
     def record_vote(self, approval: Approval, *, key_id: str, principal: str, decision: str,
                     reason: str, mfa: bool, now_us: int) -> None:
-        self._open.pop((approval.row["tenant_id"], approval.row["action_digest"]), None)
+        self._forget(approval)
         self.cursor.execute(self._sql["vote"], {
             "a": approval.id, "t": approval.row["tenant_id"], "k": key_id, "p": principal,
             "d": decision, "r": reason, "m": int(mfa), "c": now_us})
@@ -275,8 +327,8 @@ class ApprovalStore:
 
     def set_status(self, approval: Approval, status: str, now_us: int,
                    used_by: str | None = None) -> None:
+        self._forget(approval)
         row = approval.row
-        self._open.pop((row["tenant_id"], row["action_digest"]), None)
         row["status"] = status
         row["approvals_count"] = sum(1 for v in approval.votes if v["decision"] == "approve")
         if status == "used":
@@ -296,106 +348,3 @@ class ApprovalStore:
         approval = self.get(tenant, approval_id)
         return None if approval is None else approval.evidence(self.now_us)
 
-
-def _plain(row: Any) -> dict[str, Any]:
-    """A row as a dict with plain ``str`` keys (SQLAlchemy's are a ``str`` subclass)."""
-    return {str(k): v for k, v in row._mapping.items()}
-
-
-def list_approvals(store: Store, tenant: str | None, status: str | None, now_us: int,
-                   limit: int = 100, *, kind: str | None = None, since_us: int | None = None,
-                   until_us: int | None = None) -> list[dict[str, Any]]:
-    """Approval requests, newest first; ``tenant=None`` lists every tenant (operator CLI)."""
-    query = select(approvals)
-    if tenant is not None:
-        query = query.where(approvals.c.tenant_id == tenant)
-    if kind is not None:
-        query = query.where(approvals.c.kind == kind)
-    if since_us is not None:
-        query = query.where(approvals.c.created_us >= since_us)
-    if until_us is not None:
-        query = query.where(approvals.c.created_us < until_us)
-    if status in ("approved", "rejected", "used"):
-        query = query.where(approvals.c.status == status)
-    elif status == "pending":
-        query = query.where(and_(approvals.c.status == "pending",
-                                 approvals.c.expires_us > now_us))
-    elif status == "expired":
-        query = query.where((approvals.c.status == "expired") | and_(
-            approvals.c.status == "pending", approvals.c.expires_us <= now_us))
-    query = query.order_by(approvals.c.created_us.desc()).limit(limit)
-    with store.connect() as conn:
-        rows = [_plain(r) for r in conn.execute(query)]
-        out = []
-        for row in rows:
-            votes = [_plain(v) for v in conn.execute(
-                select(approval_votes.c.principal, approval_votes.c.key_id,
-                       approval_votes.c.decision, approval_votes.c.reason, approval_votes.c.mfa,
-                       approval_votes.c.created_us)
-                .where(approval_votes.c.approval_id == row["id"]).order_by(approval_votes.c.id))]
-            out.append(Approval(row, votes).view(now_us))
-    return out
-
-
-def get_approval(store: Store, tenant: str, approval_id: str, now_us: int) -> dict[str, Any] | None:
-    with store.connect() as conn:
-        row = conn.execute(select(approvals).where(
-            and_(approvals.c.tenant_id == tenant, approvals.c.id == approval_id))).first()
-        if row is None:
-            return None
-        votes = [_plain(v) for v in conn.execute(
-            select(approval_votes.c.principal, approval_votes.c.key_id, approval_votes.c.decision,
-                   approval_votes.c.reason, approval_votes.c.mfa, approval_votes.c.created_us)
-            .where(approval_votes.c.approval_id == approval_id).order_by(approval_votes.c.id))]
-    return Approval(_plain(row), votes).view(now_us)
-
-
-def _decision_summary(conn: Any, tenant: str, request_id: str | None) -> dict[str, Any] | None:
-    if not request_id:
-        return None
-    row = conn.execute(select(decisions.c.verdict, decisions.c.decision, decisions.c.response,
-                              decisions.c.created_us)
-                       .where(and_(decisions.c.tenant_id == tenant,
-                                   decisions.c.request_id == request_id,
-                                   decisions.c.kind == "decision"))).first()
-    if row is None:
-        return {"request_id": request_id, "found": False}
-    issues = orjson.loads(row.response).get("issues", [])
-    return {"request_id": request_id, "found": True, "verdict": row.verdict,
-            "decision": row.decision, "at": _iso(row.created_us),
-            "issues": [i.get("code") for i in issues]}
-
-
-def break_glass_report(store: Store, tenant: str | None, now_us: int, *,
-                       since_us: int | None = None, until_us: int | None = None,
-                       limit: int = 1000) -> list[dict[str, Any]]:
-    """Break-glass declarations for post-incident review, newest first: who declared what and
-    why, the decision it was declared for, and the decision that used it (if any)."""
-    items = list_approvals(store, tenant, None, now_us, limit, kind="break_glass",
-                           since_us=since_us, until_us=until_us)
-    report = []
-    with store.connect() as conn:
-        for a in items:
-            votes = a["votes"]
-            execute_by = a["execute_by"]
-            used = a["used_by_request"] is not None
-            lapsed = not used and a["status"] == "approved" and execute_by is not None and (
-                datetime.fromisoformat(execute_by.replace("Z", "+00:00")).timestamp() * 1e6
-                <= now_us)
-            report.append({
-                "approval_id": a["approval_id"],
-                "tenant_id": a["tenant_id"],
-                "declared_by": votes[0]["principal"] if votes else None,
-                "declared_at": a["created_at"],
-                "reason": a["reason"],
-                "mfa": bool(votes and votes[0]["mfa"]),
-                "status": "used" if used else ("lapsed" if lapsed else a["status"]),
-                "usable_until": execute_by,
-                "action": a["action"],
-                "buckets": a["buckets"],
-                "environment": a["environment"],
-                "requested_by": a["requested_by"],
-                "declared_for": _decision_summary(conn, a["tenant_id"], a["request_id"]),
-                "used_by": _decision_summary(conn, a["tenant_id"], a["used_by_request"]),
-            })
-    return report

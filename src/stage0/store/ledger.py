@@ -5,11 +5,14 @@ fields, ``prev_hash`` (the previous row's hash in the tenant's chain) included; 
 the chain 1, 2, 3… and ``chain_heads`` keeps the newest ``(seq, row_hash)`` of each tenant.
 ``verify`` recomputes every chain: a modified row breaks its own hash, an inserted or reordered
 row breaks the link, a deleted row leaves a gap in ``seq`` or a head that points past the end.
+What the chain cannot show by itself — the newest rows deleted and the head rewound, or every
+hash recomputed from a row onwards — ``verify`` finds against anchors (:class:`Anchor`): ``(seq,
+row_hash)`` pairs known from elsewhere, the signed checkpoints of :mod:`stage0.store.checkpoints`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict
@@ -148,29 +151,53 @@ def save(store: Store, cursor: Any, tenant: str, chain: ChainCursor) -> None:
 # -- verification -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A ``(seq, row_hash)`` of a tenant's chain known from outside the chain (a verified,
+    signed checkpoint); ``source`` says where it came from, for the report."""
+
+    seq: int
+    row_hash: str
+    source: str
+
+
 @dataclass(slots=True)
 class TenantReport:
     tenant: str
     rows: int = 0
     problems: list[str] = field(default_factory=list)
+    anchors: int = 0
+    """How many anchors (checkpoints) the chain was checked against."""
+    anchored_seq: int = 0
+    """The newest anchored ``seq`` (0: none)."""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify(store: Store, tenant: str | None = None) -> list[TenantReport]:
-    """Recompute every tenant's chain (or one tenant's) and name each broken row."""
+def verify(store: Store, tenant: str | None = None,
+           anchors: Mapping[str, Sequence[Anchor]] | None = None,
+           problems: Mapping[str, Sequence[str]] | None = None) -> list[TenantReport]:
+    """Recompute every tenant's chain (or one tenant's) and name each broken row; then check
+    the chain against each tenant's ``anchors`` (:func:`check_anchors`). ``problems``: found
+    beforehand (a checkpoint whose signature fails), reported with the tenant's chain."""
+    anchors = anchors or {}
+    problems = problems or {}
     with store.connect() as conn:
         heads = {r.tenant_id: (r.seq, r.row_hash) for r in conn.execute(select(chain_heads))}
         tenant_ids = sorted(
             set(heads) | {r[0] for r in conn.execute(select(decisions.c.tenant_id).distinct())}
+            | set(anchors) | set(problems)
         )
         if tenant is not None:
             tenant_ids = [tenant]
         reports = []
         for t in tenant_ids:
             report = TenantReport(t)
+            report.problems.extend(problems.get(t, ()))
+            wanted = {a.seq for a in anchors.get(t, ())}
+            seen: dict[int, str] = {}
             expected_seq, prev = 1, GENESIS
             rows = conn.execute(
                 select(decisions).where(decisions.c.tenant_id == t).order_by(decisions.c.seq)
@@ -196,6 +223,8 @@ def verify(store: Store, tenant: str | None = None) -> list[TenantReport]:
                         f"seq {seq} (request `{record['request_id']}`) was modified: its content "
                         "no longer matches its hash"
                     )
+                if seq in wanted:
+                    seen[seq] = record["row_hash"]
                 expected_seq, prev = seq + 1, record["row_hash"]
             head = heads.get(t)
             last_seq = expected_seq - 1
@@ -211,8 +240,54 @@ def verify(store: Store, tenant: str | None = None) -> list[TenantReport]:
                 )
             elif head is not None and head[1] != prev:
                 report.problems.append("the newest row does not match the chain head")
+            check_anchors(report, anchors.get(t, ()), seen, last_seq,
+                          None if head is None else int(head[0]))
             reports.append(report)
         return reports
+
+
+def check_anchors(report: TenantReport, anchors: Sequence[Anchor], seen: Mapping[int, str],
+                  last_seq: int, head_seq: int | None) -> None:
+    """Add to ``report`` what ``anchors`` show about the chain: rows deleted after an anchor
+    (the chain truncated, the head rewound) and an anchored row whose hash changed (the chain
+    rewritten from a row onwards), bounded by the newest anchor that still matches.
+
+    ``seen``: the ``row_hash`` of each anchored ``seq`` present in the chain; ``last_seq``: its
+    newest row; ``head_seq``: where its head points (``None``: no head)."""
+    if not anchors:
+        return
+    ordered = sorted(anchors, key=lambda a: a.seq)
+    report.anchors, report.anchored_seq = len({a.seq for a in ordered}), ordered[-1].seq
+    matched, rewritten = 0, []
+    for anchor in ordered:
+        found = seen.get(anchor.seq)
+        if found is None:
+            if anchor.seq <= last_seq:
+                report.problems.append(
+                    f"seq {anchor.seq}, signed by a checkpoint ({anchor.source}), is missing: "
+                    "rows were deleted")
+        elif found != anchor.row_hash:
+            rewritten.append(anchor)
+        elif not rewritten:
+            matched = anchor.seq
+    if rewritten:
+        first = rewritten[0]
+        later = len({a.seq for a in rewritten}) - 1
+        more = ("" if not later else "; 1 later checkpoint no longer matches" if later == 1
+                else f"; {later} later checkpoints no longer match")
+        still = f" (the checkpoint at seq {matched} still matches)" if matched else ""
+        report.problems.append(
+            f"seq {first.seq} no longer has the row_hash its checkpoint signed "
+            f"({first.source}): the chain was rewritten from a row in seq "
+            f"{matched + 1}..{first.seq} onwards{still}{more}")
+    newest = ordered[-1]
+    if newest.seq > last_seq:
+        rewound = ("the chain head is missing" if head_seq is None
+                   else f"the chain head was rewound to seq {head_seq}"
+                   if head_seq < newest.seq else f"the chain head still says seq {head_seq}")
+        report.problems.append(
+            f"seq {last_seq + 1}..{newest.seq} were deleted after a checkpoint signed seq "
+            f"{newest.seq} ({newest.source}): the chain was truncated; {rewound}")
 
 
 def verify_record(store: Store, tenant: str, seq: int) -> list[str]:

@@ -142,6 +142,10 @@ approvals = Table(
     Column("kind", String(20), nullable=False, server_default="standard"),
     Column("reason", Text),
     Column("lifts", Text),
+    Column("binding_digest", String(64)),
+    Column("bound_fields", Text),
+    Column("bound_to", String(20), nullable=False, server_default="key"),
+    Column("warned_us", BigInteger),
     Index("ix_approvals_tenant_digest", "tenant_id", "action_digest", "status"),
     Index("ix_approvals_tenant_status", "tenant_id", "status"),
     Index("ix_approvals_kind_created", "kind", "created_us"),
@@ -226,4 +230,16 @@ console_sessions = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("expires_us", BigInteger, nullable=False),
     Index("ix_console_sessions_expires", "expires_us"),
+)
+
+chain_checkpoints = Table(
+    "chain_checkpoints",
+    metadata,
+    Column("tenant_id", String(100), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("row_hash", String(64), nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("reason", String(20), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("jws", Text, nullable=False),
 )

@@ -168,10 +168,12 @@ def _still_open() -> ColumnElement[bool]:
 
 
 def approval_open(dialect: str) -> ClauseElement:
+    """The open requests of one action, newest first: one per requester and bound fields
+    (``ApprovalStore.open_for`` picks), at most a hundred."""
     return _approval_rows().where(and_(
         approvals.c.tenant_id == bindparam("t"), approvals.c.action_digest == bindparam("d"),
         _still_open())).order_by(approvals.c.created_us.desc()).limit(
-        literal_column("1")).offset(literal_column("0"))
+        literal_column("100")).offset(literal_column("0"))
 
 
 def approvals_open_many(dialect: str, count: int) -> ClauseElement:
@@ -237,6 +239,29 @@ def expiring_tenants(_: str) -> ClauseElement:
     return select(approvals.c.tenant_id).distinct().where(and_(
         approvals.c.status == literal_column("'pending'"),
         approvals.c.expires_us <= bindparam("now")))
+
+
+def warning_tenants(_: str) -> ClauseElement:
+    """Tenants with a pending request that expires within the warning horizon, unwarned."""
+    return select(approvals.c.tenant_id).distinct().where(_to_warn())
+
+
+def _to_warn() -> Any:
+    return and_(approvals.c.status == literal_column("'pending'"),
+                approvals.c.warned_us.is_(None),
+                approvals.c.expires_us > bindparam("now"),
+                approvals.c.expires_us <= bindparam("horizon"))
+
+
+def approvals_to_warn(_: str) -> ClauseElement:
+    return select(approvals.c.id).where(and_(
+        approvals.c.tenant_id == bindparam("t"), _to_warn())).order_by(
+        approvals.c.expires_us).limit(literal_column("100")).offset(literal_column("0"))
+
+
+def approval_warned(_: str) -> ClauseElement:
+    return approvals.update().where(approvals.c.id == bindparam("i")).values(
+        warned_us=bindparam("w"))
 
 
 def token_used(_: str) -> ClauseElement:

@@ -122,7 +122,8 @@ class Transaction:
         """An approval or token event in the tenant's hash chain (and its webhooks)."""
         event_id = self.ids()
         now_us = int(now.timestamp() * 1e6)
-        view = approval.view(now_us) if approval is not None else None
+        view = (approval.view(now_us, self.approvals.public_url) if approval is not None
+                else None)
         tenant_id = key.tenant_id if key is not None else str(tenant)
         actor = (key.principal or key.id) if key is not None else "stage0"
         body = {"event": kind, "event_id": event_id, "actor": actor,

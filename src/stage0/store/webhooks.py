@@ -2,8 +2,8 @@
 
 Each delivery is a POST of the event as JSON with the headers
 
-- ``Stage0-Event``: ``approval.created``, ``approval.approved``, ``approval.rejected`` or
-  ``approval.expired``;
+- ``Stage0-Event``: ``approval.created``, ``approval.approved``, ``approval.rejected``,
+  ``approval.expiring`` (a pending request is about to expire undecided) or ``approval.expired``;
 - ``Stage0-Delivery``: the delivery's id (the same on every retry, for de-duplication);
 - ``Stage0-Signature``: ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" with the
   webhook's secret>``; receivers should reject a timestamp older than five minutes.
@@ -37,7 +37,8 @@ from stage0.store.sql import compiled, insert
 
 log = logging.getLogger("stage0.webhooks")
 
-EVENTS = ("approval.created", "approval.approved", "approval.rejected", "approval.expired")
+EVENTS = ("approval.created", "approval.approved", "approval.rejected", "approval.expiring",
+          "approval.expired")
 RETRY_FOR_S = 24 * 3600.0
 LEASE_S = 30.0
 TIMEOUT_S = 10.0

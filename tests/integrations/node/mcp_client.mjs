@@ -1,11 +1,13 @@
-// The official TypeScript MCP SDK client against an MCP server on stdio (here `stage0 mcp-proxy`),
-// driven by tests/integrations/test_mcp_clients.py.
+// The official TypeScript MCP SDK client against an MCP server on stdio or streamable HTTP (here
+// `stage0 mcp-proxy`), driven by tests/integrations/test_mcp_clients.py and test_mcp_http.py.
 //
 //   node mcp_client.mjs PLAN.json
 //
 // PLAN: {"command": ..., "args": [...], "env": {...}, "cwd": ..., "protocolVersion": "2025-06-18"
 // (optional: the revision the client offers in `initialize`; default the SDK's latest),
-// "timeoutMs": 60000, "calls": [{"name": ..., "arguments": {...}}, ...]}.
+// "timeoutMs": 60000, "calls": [{"name": ..., "arguments": {...}}, ...]}; or, for streamable
+// HTTP, {"url": "http://127.0.0.1:PORT/mcp", "headers": {"Authorization": "Bearer ..."}, ...}
+// instead of "command" / "args" / "env" / "cwd" (the SDK's StreamableHTTPClientTransport).
 //
 // Prints one JSON document on stdout: the SDK version, the negotiated protocol revision, the
 // server's info, the listed tools, and for each call either {"result": ...} (as `callTool`
@@ -16,6 +18,7 @@ import { readFileSync } from "node:fs";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
 // (the package's `exports` map sends `@modelcontextprotocol/sdk/package.json` to dist/esm/)
 const sdkVersion = JSON.parse(
@@ -51,22 +54,29 @@ class OfferingTransport {
 
   setProtocolVersion(version) {
     this.negotiated = version;
+    this.inner.setProtocolVersion?.(version); // the HTTP transport sends it as a header
+  }
+
+  get sessionId() {
+    return this.inner.sessionId;
   }
 }
 
 async function main() {
   const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
   const options = { timeout: plan.timeoutMs ?? 60000 };
-  const transport = new OfferingTransport(
-    new StdioClientTransport({
-      command: plan.command,
-      args: plan.args ?? [],
-      env: plan.env,
-      cwd: plan.cwd,
-      stderr: "inherit",
-    }),
-    plan.protocolVersion,
-  );
+  const inner = plan.url
+    ? new StreamableHTTPClientTransport(new URL(plan.url), {
+        requestInit: { headers: plan.headers ?? {} },
+      })
+    : new StdioClientTransport({
+        command: plan.command,
+        args: plan.args ?? [],
+        env: plan.env,
+        cwd: plan.cwd,
+        stderr: "inherit",
+      });
+  const transport = new OfferingTransport(inner, plan.protocolVersion);
   const client = new Client({ name: "stage0-tests-ts-client", version: "0.0.1" });
   await client.connect(transport, options);
   const out = {

@@ -14,11 +14,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from stage0.console.sessions import Session
-from stage0.console.web import SignedIn, check_csrf, form, html
+from stage0.console.web import SignedIn, check_csrf, denied, form, html
 from stage0.server import metrics
 from stage0.server.jobs import Job
 from stage0.server.state import AppState, State
-from stage0.store import approvals as approvals_store
+from stage0.store import approval_views as approvals_store
 from stage0.store import ledger
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -121,6 +121,22 @@ async def decide(request: Request, state: AppState, session: Session, approval_i
     context = await inbox_context(state, session)
     return html(request, "inbox.html", status, session, title="Approval inbox", page="inbox",
                 error=error, notice=notice, **context)
+
+
+@router.get("/approvals/{approval_id}")
+async def approval_page(request: Request, state: State, session: SignedIn,
+                        approval_id: str) -> Response:
+    """One approval request (the ``approval_url`` of a DEFER), decided or not."""
+    now = state.now_us()
+    found = await run_in_threadpool(approvals_store.get_approval, state.store,
+                                    session.key.tenant_id, approval_id, now)
+    if found is None:
+        return denied(request, session, f"There is no approval request `{approval_id}` in "
+                      f"tenant `{session.key.tenant_id}`.", 404, "Not found")
+    item = await run_in_threadpool(card, state, found, now)
+    return html(request, "approval.html", 200, session, title=f"Approval {approval_id}",
+                page="inbox", item=item, approval_id=approval_id,
+                can_decide=session.can("approve"), now=now / 1e6)
 
 
 @router.post("/approvals/{approval_id}/approve")

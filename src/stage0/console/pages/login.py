@@ -21,6 +21,7 @@ from stage0.console.web import (
     form,
     html,
     redirect,
+    return_to,
     secure,
 )
 from stage0.server.auth import source_of
@@ -33,10 +34,11 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 def login_page(request: Request, settings: ConsoleSettings, status: int = 200,
-               error: str | None = None, notice: str | None = None) -> HTMLResponse:
+               error: str | None = None, notice: str | None = None,
+               next_page: str | None = None) -> HTMLResponse:
     token = secrets.token_urlsafe(32)
     response = html(request, "login.html", status, None, title="Sign in", csrf=token,
-                    error=error, notice=notice)
+                    error=error, notice=notice, next_page=return_to(next_page))
     response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/console", httponly=True,
                         samesite="strict", secure=secure(request, settings))
     return response
@@ -53,7 +55,8 @@ async def login_form(request: Request, state: State, settings: Options) -> Respo
         return redirect(request, "/inbox")
     notice = {"expired": "Your session has expired or ended; sign in again.",
               "signed_out": "You are signed out."}.get(request.query_params.get("m", ""))
-    return login_page(request, settings, notice=notice)
+    return login_page(request, settings, notice=notice,
+                      next_page=request.query_params.get("next"))
 
 
 @router.post("/login")
@@ -63,7 +66,8 @@ async def login(request: Request, state: State, settings: Options) -> Response:
     sent = fields.get("csrf_token", "")
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         return login_page(request, settings, 403,
-                          "The sign-in form expired (CSRF protection); try again.")
+                          "The sign-in form expired (CSRF protection); try again.",
+                          next_page=fields.get("next"))
     secret = fields.get("api_key", "").strip()
     source = source_of(request)
     wait = state.auth.retry_after(source, secret) if secret else None
@@ -76,7 +80,8 @@ async def login(request: Request, state: State, settings: Options) -> Response:
     if key is None:
         if secret:
             state.auth.failed(source, secret, "console")
-        return login_page(request, settings, 401, "This API key is unknown or revoked.")
+        return login_page(request, settings, 401, "This API key is unknown or revoked.",
+                          next_page=fields.get("next"))
     state.auth.succeeded(source, hash_key(secret))
     if not key.can(*READ_SCOPES):
         return login_page(
@@ -86,7 +91,8 @@ async def login(request: Request, state: State, settings: Options) -> Response:
     if request.cookies.get(COOKIE):  # signing in again replaces the previous session
         await run_in_threadpool(close_session, state.store, request.cookies[COOKIE])
     token, _ = await run_in_threadpool(open_session, state.store, key, settings.session_ttl_s)
-    response = RedirectResponse(base(request) + "/inbox", 303, headers=SECURITY_HEADERS)
+    response = RedirectResponse(base(request) + return_to(fields.get("next")), 303,
+                                headers=SECURITY_HEADERS)
     response.set_cookie(COOKIE, token, max_age=settings.session_ttl_s, path="/console",
                         httponly=True, samesite="strict", secure=secure(request, settings))
     response.delete_cookie(LOGIN_COOKIE, path="/console", httponly=True, samesite="strict",

@@ -190,4 +190,4 @@ def _declare(tx: Transaction, key: ApiKey, now: datetime, logged: LoggedDecision
     if len(approval.votes) >= glass.quorum:
         tx.approvals.set_status(approval, "approved", now_us)
         tx.event(key, now, "approval.approved", approval, {})
-    return Outcome(200, approval.view(now_us))
+    return Outcome(200, approval.view(now_us, tx.approvals.public_url))

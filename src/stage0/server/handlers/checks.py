@@ -14,13 +14,15 @@ import orjson
 
 from stage0.contract import CheckRequest
 from stage0.contract.response import ResponseBody
+from stage0.engine.approvals import Requester
+from stage0.engine.digest import binding_digest, bound_fields
 from stage0.policy import normalize_name
 from stage0.policy.compiled import ApprovalRule
 from stage0.server import metrics
 from stage0.server.handlers import tokens
 from stage0.server.handlers.common import action_summary, to_us
 from stage0.server.jobs import EarlyDecision, Job, Outcome, error_body
-from stage0.store.keys import ApiKey
+from stage0.store.keys import ApiKey, normalize_principal
 from stage0.store.ledger import ChainCursor, LogRecord
 from stage0.store.statements import Answer, UsageRow, answer_one, usage_one
 from stage0.store.transaction import Transaction
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
     from stage0.server.writer import Writer
 
 NEEDS_APPROVAL = frozenset(
-    {"APPROVAL_REQUIRED_PENDING", "APPROVAL_EXPIRED", "APPROVAL_SCOPE_MISMATCH"})
+    {"APPROVAL_REQUIRED_PENDING", "APPROVAL_EXPIRED", "APPROVAL_SCOPE_MISMATCH",
+     "APPROVAL_TIMED_OUT", "APPROVAL_REQUESTER_MISMATCH"})
 FALLBACK_RULE = ApprovalRule(1, frozenset(), False, 86400.0, 900.0)
 
 
@@ -136,7 +139,7 @@ def _decide(writer: Writer, tx: Transaction, chain: ChainCursor, job: Job, key: 
         started = time.perf_counter()
         decision = writer.engine.evaluate(
             request, at=now, request_id=job.request_id, tenant=key.tenant_id,
-            input_sha256=job.input_sha256,
+            input_sha256=job.input_sha256, requester=requester_of(key),
         )
         eval_us = (time.perf_counter() - started) * 1e6
     body = decision.body
@@ -160,23 +163,30 @@ def _approval_for(writer: Writer, tx: Transaction, job: Job, key: ApiKey,
     execute-by window: the caller retries with its id), or a new one (logged)."""
     now_us = to_us(now)
     tenant, digest = key.tenant_id, body["action_digest"]
-    approval = tx.approvals.open_for(tenant, digest, now_us)
+    deciding = writer.by_version(body.get("policy_version"))
+    rule = deciding.approval_rule(body["buckets"]) if deciding is not None else FALLBACK_RULE
+    fields = bound_fields(request.goal, request.context, rule.binds)
+    binding = binding_digest(digest, fields)
+    approval = tx.approvals.open_for(tenant, digest, now_us, binding, requester_of(key),
+                                     rule.bound_to)
     if approval is None:
         ctx = request.context
-        deciding = writer.by_version(body.get("policy_version"))
         approval = tx.approvals.create(
             tenant=tenant, digest=digest, action=action_summary(request, body),
             buckets=list(body["buckets"]), environment=body.get("environment"),
             request_id=job.request_id, key_id=key.id, principal=key.principal,
             actor_id=ctx.actor_id if ctx is not None else None,
-            policy_version=body["policy_version"],
-            rule=(deciding.approval_rule(body["buckets"]) if deciding is not None
-                  else FALLBACK_RULE),
-            now_us=now_us,
+            policy_version=body["policy_version"], rule=rule, now_us=now_us,
+            binding=binding, bound_fields=fields,
         )
         tx.event(key, now, "approval.created", approval,
                  {"approval_id": approval.id, "request_id": job.request_id})
-    return approval.view(now_us)
+    return approval.view(now_us, tx.approvals.public_url)
+
+
+def requester_of(key: ApiKey) -> Requester:
+    """The caller an approval is bound to: the key, and its canonical principal."""
+    return Requester(key.id, normalize_principal(key.principal))
 
 
 def _use_approval(tx: Transaction, key: ApiKey, body: ResponseBody, now: datetime) -> None:

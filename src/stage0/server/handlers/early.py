@@ -62,7 +62,7 @@ class EarlyDecider:
     def _engine(self) -> Engine:
         w = self.writer
         return Engine(w.policy, run_state=self.probe, approvals=self.probe, clock=w.clock,
-                      ids=w.ids, held=w.held)
+                      ids=w.ids, held=w.held, evidence=w.evidence)
 
     def rebuild(self) -> None:
         """After a policy swap: decide with the writer's new packs."""

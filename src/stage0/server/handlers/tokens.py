@@ -33,6 +33,9 @@ def sign(writer: Writer, tenant: str, body: ResponseBody, now: datetime) -> str:
         "approval_id": approval.get("approval_id") if approval.get("verified") else None,
         "approval_verified": bool(approval.get("verified")),
         "break_glass": approval.get("kind") == "break_glass",
+        # what only the caller's word satisfied (approval_status, mfa_verified, ...): #15
+        "caller_asserted": list(
+            body["guardrail_checks"].get("evidence", {}).get("caller_asserted", [])),
         "environment": body.get("environment"),
         "iat": iat,
         "exp": iat + int(ttl),

@@ -60,7 +60,7 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
         mfa_passed = True
     _vote(tx, key, approval, "approve" if job.op == "approve" else "reject",
           p.get("reason") or "", mfa_passed, now)
-    return Outcome(200, approval.view(now_us))
+    return Outcome(200, approval.view(now_us, tx.approvals.public_url))
 
 
 def _ineligible(key: ApiKey, approval: Approval, refuse: Refuse) -> Outcome | None:

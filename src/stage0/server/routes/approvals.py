@@ -18,7 +18,7 @@ from stage0.server.body import STRICT_JSON
 from stage0.server.errors import ApiError, refused, request_id, route_of
 from stage0.server.jobs import Job
 from stage0.server.state import AppState, State
-from stage0.store import approvals as approvals_store
+from stage0.store import approval_views as approvals_store
 from stage0.store.webhooks import deliveries_for
 
 router = APIRouter(strict_content_type=False)
@@ -91,7 +91,8 @@ async def list_approval_requests(
     key = await authenticate(request, state, *READERS)
     items = await run_in_threadpool(
         lambda: approvals_store.list_approvals(
-            state.store, key.tenant_id, status, state.now_us(), limit, kind=kind))
+            state.store, key.tenant_id, status, state.now_us(), limit, kind=kind,
+            public_url=state.settings.public_url))
     return {"items": items}
 
 
@@ -100,7 +101,8 @@ async def get_approval_request(request: Request, state: State,
                                approval_id: str) -> dict[str, Any]:
     key = await authenticate(request, state)
     found = await run_in_threadpool(
-        approvals_store.get_approval, state.store, key.tenant_id, approval_id, state.now_us())
+        approvals_store.get_approval, state.store, key.tenant_id, approval_id, state.now_us(),
+        state.settings.public_url)
     if found is not None and not key.can(*READERS) and found["requested_by"]["key_id"] != key.id:
         found = None  # a requester may follow its own requests only
     if found is None:

@@ -47,27 +47,31 @@ _MISSING_KEY = (401, "Invalid or missing API key")
 
 
 async def decide_check(state: AppState, header: Callable[[str], str | None], raw: bytes,
-                       size: int, source: str = "") -> tuple[int, bytes, dict[str, str]]:
+                       size: int, source: str = "", *,
+                       parse: Callable[[bytes], CheckRequest] = parse_request,
+                       route: str = "/check") -> tuple[int, bytes, dict[str, str]]:
     """One ``/check``: the FastAPI route and the ASGI fast path both answer with this.
     ``raw`` holds at most a little more than the size limit; ``size`` is what was sent;
-    ``source`` is the client's address (for the back-off of failed authentications)."""
+    ``source`` is the client's address (for the back-off of failed authentications).
+    Another front door (AuthZEN, ``routes/authzen.py``) passes its own ``parse`` (its body to a
+    ``CheckRequest``, or a ``RequestValidationError``) and its ``route`` (the metrics label)."""
     started = time.perf_counter()
     rid, client_rid = request_id(header("x-request-id"))
     secret = secret_of(header("x-api-key"), header("authorization"))
     if not secret:
-        metrics.count_refusal(401, "/check")
+        metrics.count_refusal(401, route)
         return 401, orjson.dumps(error_body(*_MISSING_KEY, rid, code="API_KEY_INVALID")), {
             "x-request-id": rid}
     wait = state.auth.retry_after(source, secret)
     if wait is not None:
-        metrics.count_refusal(429, "/check")
+        metrics.count_refusal(429, route)
         return 429, orjson.dumps(error_body(429, BACKOFF_DETAIL, rid, code="AUTH_BACKOFF",
                                             retry_after_seconds=wait)), {
             "x-request-id": rid, "retry-after": str(wait)}
     content_type = header("content-type")
     if raw and not is_json_type(content_type):
         status, code, detail = unsupported(str(content_type))
-        metrics.count_refusal(status, "/check")
+        metrics.count_refusal(status, route)
         return status, orjson.dumps(error_body(status, detail, rid, code=code)), {
             "x-request-id": rid}
     parsed: CheckRequest | None = None
@@ -77,7 +81,7 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
         if size > MAX_BODY_BYTES:
             raise RequestValidationError.single(
                 "(body)", f"body is {size} bytes; the limit is {MAX_BODY_BYTES}", "too_large")
-        parsed = parse_request(raw)
+        parsed = parse(raw)
     except RequestValidationError as exc:
         invalid = exc
         raw = raw[:MAX_BODY_BYTES]
@@ -89,11 +93,13 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
     except Exception:  # the writer tries again, and fails this one closed
         log.debug("could not prepare the log's copy of %s", rid, exc_info=True)
     _ = job.input_sha256
+    if state.evidence is not None and parsed is not None:  # rollback/ticket references (#15)
+        await state.evidence.before(state.packs, job)
     outcome = await state.pipeline.answer(job)
     counted(state, source, secret, job, outcome.status)
     metrics.LATENCY.observe(time.perf_counter() - started)
     if outcome.status != 200:  # refusals only pay for the count and the code
-        return outcome.status, refused(outcome, "/check"), outcome.headers
+        return outcome.status, refused(outcome, route), outcome.headers
     content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)
     return 200, content, outcome.headers
 

@@ -1,0 +1,232 @@
+"""What a server-side approval is bound to besides the action digest (#17 item 4, #15): its
+bound fields (goal, record count, amounts, tenants) and its requester (the key, by default).
+On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from stage0.policy.loader import default_pack_text
+from stage0.store.keys import create_key
+from tests.service.conftest import Api, running_app
+
+T0 = "2026-03-17T10:00:00Z"
+EXPORT = {
+    "goal": "Export the March invoices of customer 1042 for the auditors",
+    "success_criteria": ["The auditors have the file"],
+    "tools": ["crm.bulk_delete"],
+    "side_effects": ["data deletion"],
+    "constraints": ["approval required"],
+    "arguments": {"customer": "1042"},
+    "context": {"environment": "staging", "actor_id": "agent-7", "record_count": 10},
+}
+
+
+def _with(body: dict[str, Any], goal: str | None = None, **context: Any) -> dict[str, Any]:
+    return {**body, "goal": goal or body["goal"], "context": {**body["context"], **context}}
+
+
+def _codes(answer: dict[str, Any]) -> list[str]:
+    return [i["code"] for i in answer["issues"]]
+
+
+def _keys(api: Api) -> dict[str, str]:
+    def key(name: str, principal: str, scopes: list[str]) -> str:
+        return create_key(api.store, tenant="default", name=name, scopes=scopes, plan="pro",
+                          unlimited=True, principal=principal)[1]
+    return {"agent": key("agent", "agent-7", ["check"]),
+            "twin": key("agent-twin", "agent-7", ["check"]),
+            "other": key("other-agent", "agent-9", ["check"]),
+            "alice": key("alice", "alice", ["approve"])}
+
+
+def _granted(api: Api, keys: dict[str, str], body: dict[str, Any], key: str = "agent") -> str:
+    first = api.check(body, key=keys[key]).json()
+    assert first["verdict"] == "DEFER", first
+    aid = str(first["approval"]["approval_id"])
+    voted = api.client.post(f"/v1/approvals/{aid}/approve", json={"reason": "ok"},
+                            headers={"x-api-key": keys["alice"]})
+    assert voted.status_code == 200, voted.text
+    assert voted.json()["status"] == "approved"
+    return aid
+
+
+@pytest.mark.parametrize(("change", "field", "was", "now"), [
+    ({"record_count": 100_000}, "context.record_count", "10", "100000"),
+    ({"amount": 99_000}, "context.amount", "absent", "99000"),
+    ({"currency": "EUR"}, "context.currency", "absent", "`EUR`"),
+], ids=["record count", "amount", "currency"])
+def test_an_approval_does_not_cover_changed_bound_fields(
+        db_url: str, change: dict[str, Any], field: str, was: str, now: str) -> None:
+    with running_app(db_url, frozen_time=T0) as api:
+        keys = _keys(api)
+        aid = _granted(api, keys, EXPORT)
+        changed = api.check(_with(EXPORT, approval_id=aid, **change), key=keys["agent"]).json()
+        assert changed["verdict"] == "DEFER"
+        assert _codes(changed) == ["APPROVAL_SCOPE_MISMATCH"]
+        message = changed["issues"][0]["message"]
+        assert f"`{field}` was {was}, is {now}" in message
+        # the changed action gets a request of its own; the approval is not used up
+        assert changed["approval"]["approval_id"] != aid
+        assert changed["approval"]["bound_fields"][field] is not None
+        same = api.check(_with(EXPORT, approval_id=aid), key=keys["agent"]).json()
+        assert same["verdict"] == "ALLOW", same
+        assert same["guardrail_checks"]["approval"]["verified"] is True
+
+
+def test_a_changed_goal_needs_a_new_approval(db_url: str) -> None:
+    with running_app(db_url, frozen_time=T0) as api:
+        keys = _keys(api)
+        aid = _granted(api, keys, EXPORT)
+        other_goal = _with(EXPORT, "Delete every invoice of customer 1042", approval_id=aid)
+        answer = api.check(other_goal, key=keys["agent"]).json()
+        assert answer["verdict"] == "DEFER"
+        assert _codes(answer) == ["APPROVAL_SCOPE_MISMATCH"]
+        assert "`goal` was `Export the March invoices" in answer["issues"][0]["message"]
+        # the approvers see what they approve: the bound values are on the request
+        approval = api.client.get(f"/v1/approvals/{aid}",
+                                  headers={"x-api-key": keys["alice"]}).json()
+        assert approval["bound_fields"] == {"context.record_count": 10, "goal": EXPORT["goal"]}
+        assert approval["bound_to"] == "key"
+
+
+def test_an_approval_belongs_to_the_key_that_asked(db_url: str) -> None:
+    with running_app(db_url, frozen_time=T0) as api:
+        keys = _keys(api)
+        aid = _granted(api, keys, EXPORT)
+        for name in ("twin", "other"):  # same principal or not: another key of the tenant
+            answer = api.check(_with(EXPORT, approval_id=aid), key=keys[name]).json()
+            assert answer["verdict"] == "DEFER", name
+            assert _codes(answer) == ["APPROVAL_REQUESTER_MISMATCH"]
+            assert "bound to its requester (`approvals.bound_to: key`)" in (
+                answer["issues"][0]["message"])
+            own = answer["approval"]
+            assert own["approval_id"] != aid
+            assert own["requested_by"]["principal"] == ("agent-7" if name == "twin"
+                                                        else "agent-9")
+        # without an approval id, each key gets (and keeps) its own request
+        twin = api.check(EXPORT, key=keys["twin"]).json()["approval"]["approval_id"]
+        assert twin == api.check(EXPORT, key=keys["twin"]).json()["approval"]["approval_id"]
+        assert twin != aid
+        mine = api.check(_with(EXPORT, approval_id=aid), key=keys["agent"]).json()
+        assert mine["verdict"] == "ALLOW"
+
+
+@pytest.mark.parametrize(("bound_to", "twin", "other"), [
+    ("principal", "ALLOW", "DEFER"),
+    ("tenant", "ALLOW", "ALLOW"),
+])
+def test_the_pack_may_widen_the_binding(db_url: str, tmp_path: Path, bound_to: str, twin: str,
+                                        other: str) -> None:
+    text = default_pack_text().replace("  execute_within: 15m",
+                                       f"  execute_within: 15m\n  bound_to: {bound_to}", 1)
+    assert f"bound_to: {bound_to}" in text
+    pack = tmp_path / "wide.yaml"
+    pack.write_text(text)
+    with running_app(db_url, frozen_time=T0, policy=str(pack)) as api:
+        keys = _keys(api)
+        for name, verdict in (("twin", twin), ("other", other)):
+            aid = _granted(api, keys, EXPORT)
+            answer = api.check(_with(EXPORT, approval_id=aid), key=keys[name]).json()
+            assert answer["verdict"] == verdict, (name, answer["issues"])
+            if verdict == "DEFER":
+                assert _codes(answer) == ["APPROVAL_REQUESTER_MISMATCH"]
+
+
+def test_an_unanswered_request_times_out_and_is_recorded_as_expired(db_url: str) -> None:
+    with running_app(db_url, frozen_time=T0) as api:
+        keys = _keys(api)
+        aid = api.check(EXPORT, key=keys["agent"]).json()["approval"]["approval_id"]
+    with running_app(db_url, frozen_time="2026-03-18T10:00:01Z") as later:
+        answer = later.check(_with(EXPORT, approval_id=aid), key=keys["agent"]).json()
+        assert answer["verdict"] == "DEFER"
+        assert _codes(answer) == ["APPROVAL_TIMED_OUT"]
+        assert answer["issues"][0]["message"] == (
+            f"Approval `{aid}` expired at 2026-03-18T10:00:00Z before it was decided "
+            "(0 of 1 approvals)")
+        assert answer["approval"]["approval_id"] != aid  # a fresh request for the action
+        old = later.client.get(f"/v1/approvals/{aid}", headers={"x-api-key": keys["alice"]})
+        assert old.json()["status"] == "expired"  # not a rejection
+        assert old.json()["rejections"] == []
+
+
+# -- where to act: the approval's page (#14 item 6) -------------------------------------------
+
+
+def test_a_defer_links_to_its_approval_page(db_url: str) -> None:
+    with running_app(db_url, frozen_time=T0) as api:
+        keys = _keys(api)
+        approval = api.check(EXPORT, key=keys["agent"]).json()["approval"]
+        aid = approval["approval_id"]
+        # no STAGE0_PUBLIC_URL: a path (never built from the request's Host header)
+        assert approval["approval_url"] == f"/console/approvals/{aid}"
+        # the SDK makes it absolute against the address it reached the server at
+        from stage0.sdk import Client  # noqa: PLC0415
+        client = Client(base_url="http://stage0.internal:8000", api_key=keys["agent"],
+                        http_client=api.client)
+        result = client.check(EXPORT)
+        assert result.approval_url == f"http://stage0.internal:8000/console/approvals/{aid}"
+
+        # signed out, the link leads to the sign-in, which comes back to the page
+        from tests.service.test_console import _field  # noqa: PLC0415
+        browser = TestClient(api.client.app)
+        first = browser.get(f"/console/approvals/{aid}", follow_redirects=False)
+        assert first.headers["location"] == f"/console/login?next=/approvals/{aid}"
+        form = browser.get(first.headers["location"]).text
+        assert _field(form, "next") == f"/approvals/{aid}"
+        signed = browser.post("/console/login", follow_redirects=False, data={
+            "api_key": keys["alice"], "csrf_token": _field(form, "csrf_token"),
+            "next": _field(form, "next")})
+        assert signed.headers["location"] == f"/console/approvals/{aid}"
+        page = browser.get(f"/console/approvals/{aid}")
+        assert page.status_code == 200
+        assert f"Approval request <code>{aid}</code>" in page.text
+        assert "<code>context.record_count</code> = 10" in page.text
+        assert "usable by the requesting key only" in page.text
+        assert 'action="/console/approvals/' in page.text  # approvers can decide here
+        missing = browser.get("/console/approvals/apr_nope")
+        assert missing.status_code == 404
+
+        # a sign-in never continues anywhere but a console page
+        for evil in ("https://evil.example/", "//evil.example/x", "/approvals/../../x"):
+            fresh = TestClient(api.client.app)
+            form = fresh.get("/console/login").text
+            away = fresh.post("/console/login", follow_redirects=False, data={
+                "api_key": keys["alice"], "csrf_token": _field(form, "csrf_token"),
+                "next": evil})
+            assert away.headers["location"] == "/console/inbox", evil
+
+
+def test_with_a_public_url_the_link_is_absolute_everywhere(db_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    from stage0.app import Settings, create_app  # noqa: PLC0415
+    from stage0.store import Store  # noqa: PLC0415
+
+    store = Store(db_url)
+    store.migrate()
+    agent = create_key(store, tenant="default", name="agent", scopes=["check"], plan="pro",
+                       unlimited=True, principal="agent-7")[1]
+    app = create_app(Settings(db=db_url, frozen_time=T0, public_url="https://stage0.example.com"))
+    with TestClient(app) as client:
+        body = client.post("/check", json=EXPORT, headers={"x-api-key": agent}).json()
+        aid = body["approval"]["approval_id"]
+        url = f"https://stage0.example.com/console/approvals/{aid}"
+        assert body["approval"]["approval_url"] == url
+        shown = client.get(f"/v1/approvals/{aid}", headers={"x-api-key": agent}).json()
+        assert shown["approval_url"] == url
+    store.dispose()
+
+
+@pytest.mark.parametrize("value", ["stage0.example.com", "ftp://x", "https://x/?a=1"])
+def test_a_bad_public_url_is_refused_at_start(value: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from stage0.server.state import Settings  # noqa: PLC0415
+
+    monkeypatch.setenv("STAGE0_PUBLIC_URL", value)
+    with pytest.raises(ValueError, match="STAGE0_PUBLIC_URL must be an absolute http"):
+        Settings.from_env()
