@@ -20,7 +20,7 @@ $(RUNTIME_STAMP): pyproject.toml
 	touch $(RUNTIME_STAMP)
 
 $(DEV_STAMP): $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,mcp,openai-agents,langgraph]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,mcp,openai-agents,langgraph,nats,otel]'
 	touch $(DEV_STAMP)
 
 setup: $(RUNTIME_STAMP)

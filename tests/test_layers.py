@@ -25,7 +25,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "store": frozenset({"contract", "policy", "engine"}),
     "lifecycle": frozenset({"contract", "policy", "engine", "store"}),
 }
-TOP = frozenset({"server", "console", "cli", "sdk", "integrations", "testing", "app",
+TOP = frozenset({"server", "console", "cli", "sdk", "integrations", "export", "testing", "app",
                  "__init__", "__main__"})
 
 

@@ -329,7 +329,9 @@ def test_key_guessing_backs_off_and_a_valid_key_is_never_locked_out_for_good(
         assert _console_login(client, t.url, fresh).status_code == 303
 
         metrics = t.http.get(f"{t.url}/metrics").text
-        assert _sample(metrics, 'stage0_auth_failures_total{surface="console"}') >= AFTER
+        # the source backs off after AFTER failures on any surface: the one wrong API key
+        # before the burst is one of them
+        assert _sample(metrics, 'stage0_auth_failures_total{surface="console"}') >= AFTER - 1
         assert _sample(metrics, 'stage0_auth_failures_total{surface="api"}') >= 1
         assert _sample(metrics, 'stage0_auth_backoff_total{scope="source"}') >= 400
 

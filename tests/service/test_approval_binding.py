@@ -230,3 +230,117 @@ def test_a_bad_public_url_is_refused_at_start(value: str,
     monkeypatch.setenv("STAGE0_PUBLIC_URL", value)
     with pytest.raises(ValueError, match="STAGE0_PUBLIC_URL must be an absolute http"):
         Settings.from_env()
+
+
+# -- the binding is the same whichever rule or pack version decides -------------------------
+
+
+def _pack(tmp_path: Path, name: str, replace: dict[str, str]) -> str:
+    text = default_pack_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_packs_bound_fields_hold_in_a_bucket_with_its_own_rule(db_url: str,
+                                                                    tmp_path: Path) -> None:
+    pack = _pack(tmp_path, "binds.yaml", {
+        "  execute_within: 15m   # once granted, /check must use it within this window\n":
+        "  execute_within: 15m\n  binds: [context.invoice_id]\n",
+        "    require:\n      approval: true\n  production_control_plane:":
+        "    require:\n      approval: true\n      approvals: {quorum: 1}\n"
+        "  production_control_plane:"})
+    with running_app(db_url, frozen_time=T0, policy=pack) as api:
+        keys = _keys(api)
+        aid = _granted(api, keys, _with(EXPORT, invoice_id="inv-1"))
+        other = api.check(_with(EXPORT, approval_id=aid, invoice_id="inv-999"),
+                          key=keys["agent"]).json()
+        assert other["verdict"] == "DEFER"
+        assert _codes(other) == ["APPROVAL_SCOPE_MISMATCH"]
+        assert "`context.invoice_id` was `inv-1`, is `inv-999`" in other["issues"][0]["message"]
+        same = api.check(_with(EXPORT, approval_id=aid, invoice_id="inv-1"), key=keys["agent"])
+        assert same.json()["verdict"] == "ALLOW"
+
+
+def test_a_field_named_like_a_model_method_is_bound_by_its_value(db_url: str,
+                                                                 tmp_path: Path) -> None:
+    pack = _pack(tmp_path, "schema.yaml", {
+        "  execute_within: 15m   # once granted, /check must use it within this window\n":
+        "  execute_within: 15m\n  binds: [context.schema, context.copy]\n"})
+    with running_app(db_url, frozen_time=T0, policy=pack) as api:
+        keys = _keys(api)
+        aid = _granted(api, keys, _with(EXPORT, schema="billing"))
+        answer = api.check(_with(EXPORT, approval_id=aid, schema="ledger"),
+                           key=keys["agent"]).json()
+        assert _codes(answer) == ["APPROVAL_SCOPE_MISMATCH"]
+        assert "`context.schema` was `billing`, is `ledger`" in answer["issues"][0]["message"]
+
+
+@pytest.mark.parametrize("field", ["context.approval_id", "context.current_iteration",
+                                   "context.cost_usd", "context.approved_at"])
+def test_fields_that_change_on_every_retry_cannot_be_bound(field: str) -> None:
+    from stage0.policy import PolicyError, compile_text  # noqa: PLC0415
+
+    text = default_pack_text().replace(
+        "  execute_within: 15m   # once granted, /check must use it within this window\n",
+        f"  execute_within: 15m\n  binds: [{field}]\n", 1)
+    with pytest.raises(PolicyError, match="changes from one check to the next"):
+        compile_text(text)
+
+
+def test_a_pinned_request_and_its_ceiling_bind_alike() -> None:
+    """A new pack version binds one more field while callers still pin the old one: the held
+    version and the active one (the pin's ceiling) must compute the same binding, or the
+    approval could never be used."""
+    from stage0.engine import ApprovalEvidence, Engine  # noqa: PLC0415
+    from stage0.policy import compile_text  # noqa: PLC0415
+    from stage0.testing import FixedClock, StaticApprovals  # noqa: PLC0415
+
+    held = compile_text(default_pack_text())
+    active = compile_text(default_pack_text().replace("version: 1.0.0", "version: 2.0.0", 1)
+                          .replace("  execute_within: 15m   # once granted, /check must use it "
+                                   "within this window\n",
+                                   "  execute_within: 15m\n  binds: [context.invoice_id]\n", 1))
+    approvals = StaticApprovals()
+    engine = Engine(active, held=(held,), approvals=approvals, clock=FixedClock(T0))
+    pinned = _with({**EXPORT, "policy_pack_version": held.policy_version}, invoice_id="inv-1")
+    first = engine.check(pinned)
+    assert first.verdict == "DEFER"
+    binding = first.body["guardrail_checks"]["approval"]["binding_digest"]
+    approvals.add(ApprovalEvidence("apr_1", "approved", first.action_digest or "",
+                                   approvers=("alice",), binding_digest=binding))
+    retry = engine.check(_with(pinned, approval_id="apr_1"))
+    assert retry.verdict == "ALLOW", retry.issue_codes
+    changed = engine.check(_with(pinned, approval_id="apr_1", invoice_id="inv-2"))
+    assert "APPROVAL_SCOPE_MISMATCH" in changed.issue_codes
+
+
+def test_an_approval_granted_late_holds_for_its_execute_by_window() -> None:
+    """Granted just before the request would have expired: the execute-by window decides."""
+    from stage0.contract.request import parse_instant  # noqa: PLC0415
+    from stage0.engine import ApprovalEvidence  # noqa: PLC0415
+    from stage0.testing import StaticApprovals, make_engine  # noqa: PLC0415
+
+    body = _with(EXPORT, approval_id="apr_late")
+    probe = make_engine(T0).check(body)
+    approvals = StaticApprovals()
+    approvals.add(ApprovalEvidence(
+        "apr_late", "approved", probe.action_digest or "",
+        expires_at=parse_instant("2026-03-17T09:59:50Z"),
+        execute_by=parse_instant("2026-03-17T10:14:50Z"), approvers=("alice",),
+        binding_digest=probe.body["guardrail_checks"]["approval"]["binding_digest"]))
+    assert make_engine(T0, approvals=approvals).check(body).verdict == "ALLOW"
+    late = make_engine("2026-03-17T10:15:00Z", approvals=approvals).check(body)
+    assert late.issue_codes == ["APPROVAL_EXPIRED"]
+
+
+@pytest.mark.parametrize("value", ["15m", "inf", "-1", "nan"])
+def test_a_bad_expiry_warning_stops_the_start(value: str, db_url: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGE0_APPROVAL_EXPIRY_WARNING_S", value)
+    with (pytest.raises(ValueError, match="STAGE0_APPROVAL_EXPIRY_WARNING_S must be a number"),
+          running_app(db_url, frozen_time=T0)):
+        pass

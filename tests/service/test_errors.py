@@ -29,10 +29,11 @@ DRIVEN_ELSEWHERE = {
     "APPROVER_MFA_REQUIRED", "APPROVER_MFA_INVALID", "APPROVER_MFA_NOT_ENROLLED",
     "APPROVER_MFA_LOCKED", "BREAK_GLASS_DISABLED", "BREAK_GLASS_ROLE_NOT_ELIGIBLE",
     "BREAK_GLASS_REASON_REQUIRED", "BREAK_GLASS_NOT_APPLICABLE", "BREAK_GLASS_ALREADY_DECLARED",
-    "TOKEN_WRONG_TENANT",
+    "TOKEN_WRONG_TENANT", "METRICS_TOKEN_INVALID",
 }
 """The writer's refusals that need a strict pack, MFA or two tenants: driven by
-test_approvals.py and test_break_glass.py (asserted below to be)."""
+test_approvals.py and test_break_glass.py (asserted below to be); `/metrics` behind a token:
+test_metrics_ops.py."""
 
 
 def documented() -> dict[str, int]:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from stage0.lifecycle.replay import replay, shadow_report
 from stage0.policy import compile_document, load_policy
 from stage0.policy.loader import default_pack_text
+from stage0.store import ledger
 from tests.conftest import EXAMPLES
 from tests.helpers import request
 from tests.service.conftest import running_app
@@ -43,9 +44,14 @@ def test_replaying_under_the_same_pack_changes_nothing(db_url: str) -> None:
 
     store = Store(db_url)
     report = replay(store, load_policy())
+    changed = {r for examples in report.examples.values() for r in examples}
+    originals = [  # what the recorded decisions said, to tell a real change from a flake
+        [(i["code"], i["message"]) for i in found["response"]["issues"]]
+        for e in EXAMPLES for r in changed
+        if (found := ledger.get(store, f"t-{e.name}", r)) is not None]
     store.dispose()
     assert report.total == len(EXAMPLES)
-    assert report.changed == 0, report.to_dict()
+    assert report.changed == 0, (report.to_dict(), originals)
 
 
 def test_a_stricter_and_a_looser_candidate(db_url: str, tmp_path: Path) -> None:

@@ -44,7 +44,9 @@ def audit_verify(db: str | None, tenant: str | None, witness: tuple[str, ...],
         mark = click.style("ok", fg="green") if report.ok else click.style("BROKEN", fg="red")
         anchored = (f" ({report.anchors} checkpoint{'s' if report.anchors > 1 else ''}, "
                     f"newest at seq {report.anchored_seq})" if report.anchors else "")
-        click.echo(f"{report.tenant}: {report.rows} rows {mark}{anchored}")
+        pruned = (f"; seq 1..{report.pruned_to} pruned at a signed partition boundary"
+                  if report.pruned_to else "")
+        click.echo(f"{report.tenant}: {report.rows} rows {mark}{anchored}{pruned}")
         for problem in report.problems:
             click.echo(f"  - {problem}")
         broken += not report.ok
@@ -100,6 +102,43 @@ def audit_export(db: str | None, tenant: str | None, since: str | None, until: s
         finally:
             if out is not sys.stdout.buffer:
                 out.close()
+
+
+@audit.command("prune")
+@DB_OPTION
+@click.option("--before", "before", required=True,
+              help="ISO-8601 date: remove the months that end at or before it.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; change nothing.")
+@click.option("--ignore-export", is_flag=True,
+              help="Prune rows an export sink has not acknowledged yet (they are lost to it).")
+def audit_prune(db: str | None, before: str, dry_run: bool, ignore_export: bool) -> None:
+    """Retention: sign a checkpoint at each tenant's boundary (reason partition), then drop
+    the decision log's monthly partitions that end at or before --before (PostgreSQL; on
+    SQLite, delete those months' rows). `stage0 audit verify` then checks the rest of each
+    chain from its signed boundary."""
+    from stage0.store.retention import LogChanged, NotExported, prune  # noqa: PLC0415
+    from stage0.store.signing import Keyring, TokenError, ensure_signing_key  # noqa: PLC0415
+
+    at = option_instant(before, "--before")
+    assert at is not None  # required
+    with open_store(db) as store:
+        ensure_signing_key(store)
+        try:
+            report = prune(store, Keyring(store), at, dry_run=dry_run,
+                           ignore_export=ignore_export)
+        except (TokenError, NotExported, LogChanged) as exc:
+            raise click.ClickException(str(exc)) from None
+    if not report.partitions:
+        click.echo("nothing to prune")
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {', '.join(report.partitions)}: {report.rows} rows")
+    for tenant, seq in sorted(report.boundaries.items()):
+        click.echo(f"  {tenant}: seq 1..{seq} (boundary checkpoint "
+                   f"{'to sign' if dry_run else 'signed'} at seq {seq})")
+    if report.kept:
+        click.echo(f"  {report.kept} rows of those months chained after kept rows "
+                   f"{'would be' if dry_run else 'were'} kept")
 
 
 @audit.command("break-glass")

@@ -16,9 +16,17 @@ import orjson
 from stage0 import __version__
 from stage0.cli.approvals_cmds import approvals
 from stage0.cli.audit_cmds import audit
+from stage0.cli.export_cmds import export_group
 from stage0.cli.keys_cmds import keys
 from stage0.cli.mcp_proxy import mcp_proxy
-from stage0.cli.policy_cmds import policy_test, policy_validate
+from stage0.cli.policy_cmds import (
+    policy_activate,
+    policy_push,
+    policy_rollback,
+    policy_status,
+    policy_test,
+    policy_validate,
+)
 from stage0.cli.render import render_text
 from stage0.cli.replay_cmds import policy_replay, policy_shadow_report
 from stage0.cli.serve import migrate, serve
@@ -138,7 +146,7 @@ def check(source: str, at: datetime | None, policy_path: Path | None, pro: bool,
 
 @cli.group()
 def policy() -> None:
-    """Inspect policy packs."""
+    """Inspect, test and distribute policy packs."""
 
 
 @policy.command("show")
@@ -209,6 +217,7 @@ cli.add_command(serve)
 cli.add_command(migrate)
 cli.add_command(keys)
 cli.add_command(audit)
+cli.add_command(export_group)
 cli.add_command(approvals)
 cli.add_command(webhooks_group)
 cli.add_command(mcp_proxy)
@@ -216,6 +225,10 @@ policy.add_command(policy_validate)
 policy.add_command(policy_test)
 policy.add_command(policy_replay)
 policy.add_command(policy_shadow_report)
+policy.add_command(policy_push)
+policy.add_command(policy_status)
+policy.add_command(policy_activate)
+policy.add_command(policy_rollback)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import click
 from stage0.cli.stores import DB_OPTION, describe_store, open_store, option_instant, schema_revision
 from stage0.policy import PolicyError, load_policy
 from stage0.policy.loader import policy_source
-from stage0.store import Store
+from stage0.store import Store, policies
 from stage0.store.database import URL_ENV, redact_url, resolve_url
 from stage0.store.keys import bootstrap
 from stage0.store.signing import ensure_signing_key
@@ -65,19 +65,52 @@ def serve(host: str, port: int, db: str | None, policy_path: str | None, workers
         ) from None
     port = sockets[0].getsockname()[1]
     try:
-        _serve_on(sockets, host, port, db, policy_path, workers, frozen_time, access_log)
+        log_config = _observability()  # #16: STAGE0_LOG_FORMAT, tracing's extra
+        _serve_on(sockets, host, port, db, policy_path, workers, frozen_time, access_log,
+                  log_config)
     finally:
         for sock in sockets:
             sock.close()
 
 
+def _observability() -> dict[str, Any] | None:
+    """#16: the logging config of ``STAGE0_LOG_FORMAT`` (``None``: uvicorn's own, text), and
+    a clear error before anything starts when tracing is configured without its extra."""
+    from stage0.server import logs, tracing  # noqa: PLC0415 - only the server needs them
+
+    try:
+        fmt = logs.log_format()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    missing = tracing.missing_extra()
+    if missing is not None:
+        raise click.ClickException(missing)
+    if fmt != "json":
+        return None
+    logs.configure("json")  # this process's lines (the supervisor's) too
+    global _say  # noqa: PLW0603 - the start-up lines become JSON lines
+    _say = _say_json
+    return logs.uvicorn_log_config()
+
+
+def _say_json(message: str, err: bool = True) -> None:
+    import logging  # noqa: PLC0415
+
+    logging.getLogger("stage0.serve").info(click.unstyle(message).strip())
+
+
+_say: Any = click.echo
+"""How ``stage0 serve`` tells what it starts (``_say_json`` with JSON logs)."""
+
+
 def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_path: str | None,
-              workers: int, frozen_time: str | None, access_log: bool) -> None:
+              workers: int, frozen_time: str | None, access_log: bool,
+              log_config: dict[str, Any] | None = None) -> None:
     from stage0.server import workers as workers_  # noqa: PLC0415 - only the server needs it
 
     if frozen_time is not None:
         option_instant(frozen_time, "--frozen-time")
-        click.echo(click.style("warning: ", fg="yellow", bold=True)
+        _say(click.style("warning: ", fg="yellow", bold=True)
                    + f"the evaluation clock is frozen at {frozen_time}; every decision records "
                      "it. Do not use this in production.", err=True)
     try:
@@ -85,19 +118,24 @@ def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_p
 
         packs = load_pack_set(policy_path) if policy_path else PackSet(load_policy(None))
         policy = packs.active
-        click.echo(f"policy   {policy.policy_version} ({policy.sha256[:12]})", err=True)
+        _say(f"policy   {policy.policy_version} ({policy.sha256[:12]})", err=True)
         for held in packs.held:
-            click.echo(f"held     {held.policy_version} ({held.sha256[:12]}) for pinned requests",
+            _say(f"held     {held.policy_version} ({held.sha256[:12]}) for pinned requests",
                        err=True)
     except PolicyError as exc:
-        click.echo(click.style("policy error: ", fg="red", bold=True) + str(exc)
+        _say(click.style("policy error: ", fg="red", bold=True) + str(exc)
                    + "\nevery /check will fail closed (DENY) until the pack is fixed", err=True)
     with open_store(db, create=True) as store:
-        click.echo(f"store    {redact_url(store.url)}", err=True)
+        _say(f"store    {redact_url(store.url)}", err=True)
+        active = policies.active_policy(store)  # a pushed pack wins over --policy (#16)
+        if active is not None:
+            _say(f"policy   {active.policy_version} ({active.sha256[:12]}) pushed to the "
+                       f"store, generation {active.generation}: it is served"
+                       + (", not --policy" if policy_path else ""), err=True)
         secret = bootstrap(store)
         ensure_signing_key(store)
     if secret is not None:
-        click.echo(
+        _say(
             "\n"
             + click.style("Created tenant `default` with an admin key (shown once):", bold=True)
             + f"\n\n    {secret}\n\n"
@@ -112,12 +150,13 @@ def _serve_on(sockets: list[Any], host: str, port: int, db: str | None, policy_p
         os.environ["STAGE0_POLICY"] = policy_source(policy_path)  # a preset name stays one
     if frozen_time:
         os.environ["STAGE0_FROZEN_TIME"] = frozen_time
-    click.echo(f"serving  http://{host}:{port} ({workers} worker{'s' * (workers > 1)})", err=True)
+    _say(f"serving  http://{host}:{port} ({workers} worker{'s' * (workers > 1)})", err=True)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stage0-metrics-")
     try:
         code = workers_.serve("stage0.app:create_app_from_env", sockets=sockets,
-                              workers=workers, access_log=access_log, log_level="info")
+                              workers=workers, access_log=access_log, log_level="info",
+                              **({"log_config": log_config} if log_config else {}))
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
     if code:

@@ -176,12 +176,14 @@ def _weaker(evidence: ApprovalEvidence, rule: ApprovalRule) -> list[str]:
 
 
 def _expired(evidence: ApprovalEvidence, at: datetime) -> bool:
+    """Past its time: a request past ``expires_at`` undecided, or a granted one past its
+    execute-by window (which alone counts once granted, even if it ends after
+    ``expires_at``; a granted one without a window, in process, ends at ``expires_at``)."""
     if evidence.status == "expired":
         return True
-    if evidence.expires_at is not None and at >= evidence.expires_at:
-        return True
-    return (evidence.status == "approved" and evidence.execute_by is not None
-            and at > evidence.execute_by)
+    if evidence.status == "approved" and evidence.execute_by is not None:
+        return at > evidence.execute_by
+    return evidence.expires_at is not None and at >= evidence.expires_at
 
 
 def foreign_requester(bound_to: BoundTo, current: BoundTo | None, key_id: str | None,

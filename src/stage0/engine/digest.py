@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import rfc8785
+from pydantic_core import to_jsonable_python
 
 _SAFE_INT = 2**53 - 1
 
@@ -131,21 +132,24 @@ def _sorted_action_digest(
 
 def bound_fields(goal: str, context: Any, binds: Sequence[str]) -> dict[str, Any]:
     """The values of the request fields an approval is bound to besides the action digest
-    (``goal``, ``context.<key>``: a declared field or an extra key), absent ones left out."""
+    (``goal``, ``context.<key>``: a declared field or an extra key), absent ones left out, in
+    their JSON form (a timestamp as ISO-8601 text, as sent)."""
     found: dict[str, Any] = {}
+    declared = type(context).model_fields if context is not None else {}
     extra = (getattr(context, "model_extra", None) or {}) if context is not None else {}
     for path in binds:
         if path == "goal":
             found[path] = goal
             continue
         key = path.partition(".")[2]
-        value = getattr(context, key, None) if context is not None else None
+        value = getattr(context, key, None) if key in declared else extra.get(key)
         if value is None:
-            value = extra.get(key)
-        if isinstance(value, datetime):  # a timestamp field: its ISO form, as sent
+            continue
+        if isinstance(value, datetime):
             value = value.isoformat().replace("+00:00", "Z")
-        if value is not None:
-            found[path] = value
+        elif not isinstance(value, str | int | float | bool | list | dict):
+            value = to_jsonable_python(value)  # in process: a Decimal, a date, …
+        found[path] = value
     return found
 
 

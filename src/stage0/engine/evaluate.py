@@ -80,6 +80,7 @@ class Engine:
         ids: IdFactory = uuid4_id,
         held: tuple[CompiledPolicy, ...] = (),
         evidence: EvidenceResolver | None = None,
+        binds: frozenset[str] | None = None,
     ) -> None:
         """``held``: other pack versions, each deciding the requests that pin it with
         ``policy_pack_version`` (see :mod:`stage0.policy.packset`). ``evidence``: the answers
@@ -95,9 +96,14 @@ class Engine:
         self._classify = Classifier(policy) if policy is not None else None
         self._goals: dict[str, tuple[str, ...]] = {}
         self._packs = PackSet(policy, held) if policy is not None else None
+        self.binds: tuple[str, ...] = tuple(sorted(binds if binds is not None else {
+            name for p in (policy, *held) if p is not None for name in p.bound_field_names()}))
+        """What a server-side approval is bound to besides the action digest: every field any
+        approval rule of any pack held here binds, so that a request pinned to a held version
+        and the active version (its ceiling) compute the same binding."""
         self._held = {
             p.policy_version: Engine(p, run_state=run_state, approvals=approvals, clock=clock,
-                                     ids=ids, evidence=evidence)
+                                     ids=ids, evidence=evidence, binds=frozenset(self.binds))
             for p in held if policy is None or p.policy_version != policy.policy_version
         }
         self._pinned_from: str | None = None
@@ -197,7 +203,8 @@ class Engine:
             requester=requester)
         if self._ceiling is None:
             self._ceiling = Engine(self.policy, run_state=None, approvals=self.approvals,
-                                   clock=self._clock, ids=self._ids, evidence=self.evidence)
+                                   clock=self._clock, ids=self._ids, evidence=self.evidence,
+                                   binds=frozenset(self.binds))
         self._ceiling._pinned_from = version
         ceiling = self._ceiling.evaluate(request, at=at, request_id=decision.request_id,
                                          tenant=tenant, input_sha256=input_sha256,
@@ -205,6 +212,13 @@ class Engine:
         if is_stricter_verdict(ceiling.verdict, decision.verdict):
             return ceiling
         return decision
+
+    def binding_of(self, request: CheckRequest,
+                   action_digest: str) -> tuple[str, dict[str, Any]]:
+        """The binding digest of a server-side approval for ``request`` and its bound field
+        values (docs/approvals.md, "What an approval is bound to")."""
+        fields = bound_fields(request.goal, request.context, self.binds)
+        return binding_digest(action_digest, fields), fields
 
     def action_digest(self, request: CheckRequest) -> str | None:
         """The ``action_digest`` this engine's active pack gives ``request`` (what the service
@@ -264,7 +278,8 @@ class Engine:
         checks.check_side_effects(out, f, g, not constraints)  # constraints_empty
         if f.sensitive_tools:
             checks.check_sensitive_tools(out, f, g)
-        binding = (_binding_of(request, f, policy, digest)
+        binding = (Binding(*self.binding_of(request, digest),
+                           policy.approval_rule(f.buckets).bound_to)
                    if req.approval or ctx.approval_id is not None else None)
         check_approval(  # positional: keyword arguments cost a microsecond here
             out, policy, req.approval, req.verified_only, req.approval_sources,
@@ -345,14 +360,6 @@ def _digest_of(request: CheckRequest, f: Facts) -> str:
         c.sorted_tools, c.sorted_side_effects, request.arguments, f.environment,
         ctx.resource_scope, ctx.target_resources,
     )
-
-
-def _binding_of(request: CheckRequest, f: Facts, policy: CompiledPolicy,
-                digest: str) -> Binding:
-    """What a server-side approval for this request is bound to (the deciding pack's rule)."""
-    rule = policy.approval_rule(f.buckets)
-    fields = bound_fields(request.goal, request.context, rule.binds)
-    return Binding(binding_digest(digest, fields), fields, rule.bound_to)
 
 
 def _mapping_sha256(body: dict[str, Any]) -> str:

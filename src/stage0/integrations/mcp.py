@@ -42,6 +42,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
@@ -104,6 +105,26 @@ from stage0.sdk.guard import (
 )
 
 log = logging.getLogger(__name__)
+
+# -- #16 item 2: the MCP request's trace context, forwarded to Stage0 -------------------------
+TRACE_KEYS = ("traceparent", "tracestate")
+"""The W3C trace-context keys read from a ``tools/call``'s ``_meta`` and sent to Stage0 as
+headers, so the decision's span joins the caller's trace."""
+_TRACE: ContextVar[dict[str, str] | None] = ContextVar("stage0_mcp_trace", default=None)
+
+
+def trace_headers(meta: Mapping[str, Any] | None) -> dict[str, str]:
+    """The trace-context headers of a request's ``_meta`` (string values only)."""
+    if not meta:
+        return {}
+    return {k: v for k in TRACE_KEYS if isinstance(v := meta.get(k), str) and v}
+
+
+async def _forward_trace(request: httpx.Request) -> None:
+    """httpx request hook: the current ``tools/call``'s trace context on the Stage0 call."""
+    for name, value in (_TRACE.get() or {}).items():
+        request.headers.setdefault(name, value)
+# -- end #16 item 2 ----------------------------------------------------------------------------
 
 
 def _union(*lists: Sequence[str]) -> list[str]:
@@ -264,6 +285,7 @@ class Gateway:
         self.client = client or AsyncClient(settings.base_url, settings.api_key,
                                             timeout=settings.timeout)
         self._owns_client = client is None
+        self.client._http.event_hooks["request"].append(_forward_trace)  # #16 item 2
         self._errlog = errlog if errlog is not None else sys.stderr
         self._stack = AsyncExitStack()
         self.sessions: dict[str, ClientSession] = {}
@@ -333,8 +355,9 @@ class Gateway:
         client = self._callers.get(key)
         if client is None:
             if self._callers_http is None:
-                self._callers_http = httpx.AsyncClient(base_url=self.client.base_url,
-                                                       timeout=self.config.stage0.timeout)
+                self._callers_http = httpx.AsyncClient(
+                    base_url=self.client.base_url, timeout=self.config.stage0.timeout,
+                    event_hooks={"request": [_forward_trace]})  # #16 item 2
             client = AsyncClient(self.client.base_url, caller.token,
                                  timeout=self.config.stage0.timeout,
                                  http_client=self._callers_http)
@@ -377,8 +400,12 @@ class Gateway:
                      if params.request_state is not None else None)
             modern = ModernCall(state, elicitation_answer(params),
                                 frozenset(elicitation_modes(ctx)))
-        return await self.call_tool(params.name, params.arguments or {},
-                                    caller=access_token_of(ctx), modern=modern)
+        traced = _TRACE.set(trace_headers(params.meta))  # #16 item 2
+        try:
+            return await self.call_tool(params.name, params.arguments or {},
+                                        caller=access_token_of(ctx), modern=modern)
+        finally:
+            _TRACE.reset(traced)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], *,
                         caller: AccessToken | None = None, modern: ModernCall | None = None,

@@ -250,6 +250,13 @@ class CompiledPolicy:
                 self._rule_cache[key] = hit
         return hit
 
+    def bound_field_names(self) -> frozenset[str]:
+        """Every field any approval rule of this pack binds (the pack's and its buckets')."""
+        names = set(self.default_approvals.binds)
+        for b in self.buckets:
+            names.update(b.approvals.binds)
+        return frozenset(names)
+
     def approval_rule(self, buckets: tuple[str, ...] | list[str]) -> ApprovalRule:
         """The approval rule for an action: its buckets' rules combined, else the default."""
         rule: ApprovalRule | None = None

@@ -195,15 +195,18 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
 
     default_evidence = doc.approval.evidence
 
-    def approval_rule(rules: ApprovalRules) -> ApprovalRule:
+    def approval_rule(rules: ApprovalRules, pack: ApprovalRule | None = None) -> ApprovalRule:
+        """A rule; a bucket's (``pack``: the pack's own) binds the pack's fields too, and
+        has the pack's ``bound_to`` unless it sets its own."""
         return ApprovalRule(
             quorum=rules.quorum,
             approver_roles=frozenset(normalize_name(r) for r in rules.approver_roles),
             approver_mfa=rules.approver_mfa,
             expires_in=parse_duration(rules.expires_in),
             execute_within=parse_duration(rules.execute_within),
-            bound_to=rules.bound_to,
-            binds=tuple(sorted(set(DEFAULT_BINDS) | set(rules.binds or ()))),
+            bound_to=rules.bound_to or (pack.bound_to if pack is not None else "key"),
+            binds=tuple(sorted(set(DEFAULT_BINDS) | set(rules.binds or ())
+                               | set(pack.binds if pack is not None else ()))),
         )
 
     default_approvals = approval_rule(doc.approvals)
@@ -216,8 +219,8 @@ def compile_document(raw: dict[str, Any], *, source: str = "<document>") -> Comp
             side_effects=frozenset(normalize_name(s) for s in b.side_effects),
             approval=b.require.approval,
             approval_evidence=b.require.approval_evidence or default_evidence,
-            approvals=(approval_rule(b.require.approvals) if b.require.approvals is not None
-                       else default_approvals),
+            approvals=(approval_rule(b.require.approvals, default_approvals)
+                       if b.require.approvals is not None else default_approvals),
             environment=b.require.environment,
             rollback_plan=b.require.rollback_plan,
             mfa=b.require.mfa,

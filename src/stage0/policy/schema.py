@@ -151,6 +151,15 @@ class ValueSignal(_Strict):
     action_verbs: list[str] = Field(min_length=1)
 
 
+UNBINDABLE = frozenset({
+    "approval_id", "approval_status", "approved_by", "approved_at", "mfa_verified",
+    "mfa_verified_at", "run_id", "current_iteration", "elapsed_seconds", "current_tool",
+    "recent_tools", "cumulative_cost_usd", "cost_usd",
+})
+"""Context keys an approval cannot be bound to: the retry that uses the approval sends other
+values by design (its evidence, the run's counters)."""
+
+
 class ApprovalRules(_Strict):
     """Who may grant an approval request, and for how long it holds."""
 
@@ -161,10 +170,11 @@ class ApprovalRules(_Strict):
     approver_mfa: bool = False
     expires_in: Duration = "24h"
     execute_within: Duration = "15m"
-    bound_to: Literal["key", "principal", "tenant"] = Field(
-        default="key",
-        description="Who may use a granted approval: the key that requested it (default), "
-        "any key of the requesting principal, or any key of the tenant",
+    bound_to: Literal["key", "principal", "tenant"] | None = Field(
+        default=None,
+        description="Who may use a granted approval: the key that requested it (the default), "
+        "any key of the requesting principal, or any key of the tenant; in a bucket's rule, "
+        "unset means the pack's",
     )
     binds: list[str] | None = Field(
         default=None,
@@ -182,6 +192,9 @@ class ApprovalRules(_Strict):
             head, _, key = path.partition(".")
             if not (path == "goal" or (head == "context" and key and "." not in key)):
                 raise ValueError(f"`{path}` is not `goal` or `context.<key>`")
+            if key in UNBINDABLE:
+                raise ValueError(f"`{path}` changes from one check to the next (approval "
+                                 "evidence, loop counters): a retry could never match it")
         return v
 
     @field_validator("expires_in", "execute_within")

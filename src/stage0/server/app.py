@@ -8,6 +8,7 @@ the ``app_state`` dependency.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,11 +16,11 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from stage0 import __version__
 from stage0.contract.request import MAX_BODY_BYTES
-from stage0.server import errors
+from stage0.server import errors, logs, metrics, tracing
 from stage0.server.jobs import error_body
 from stage0.server.routes import approvals, authzen, check, decisions, ops
 from stage0.server.state import AppState, Settings, start
@@ -46,9 +47,53 @@ class Stage0App(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.check_handler is not None and scope["type"] == "http"
                 and scope["path"] == "/check" and scope["method"] == "POST"):
+            if logs.ENABLED:  # decide_check settles this request's id
+                logs.REQUEST_ID.set(None)
             await _fast_check(self.check_handler, scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        await self._routed(scope, receive, send)
+
+    async def _routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """#16 item 3: a routed request's latency by route template, and its request id on
+        its log lines (JSON logs)."""
+        started = time.perf_counter()
+        root = str(scope.get("root_path", ""))
+        tracked = logs.ENABLED
+        if tracked:  # until the route settles it: the client's id, else one for these lines
+            header = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+            logs.REQUEST_ID.set(errors.request_id(
+                header.decode("latin-1") if header is not None else None)[0])
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if tracked:  # the access log's line (written in ``send``): the id answered
+                    answered = next((v for k, v in message.get("headers", ())
+                                     if k.lower() == b"x-request-id"), None)
+                    if answered is not None:
+                        logs.REQUEST_ID.set(answered.decode("latin-1"))
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, sending)
+        finally:
+            metrics.observe_route(_route_label(scope, root), scope["method"], status,
+                                  time.perf_counter() - started)
+
+
+def _route_label(scope: Scope, root: str) -> str:
+    """The template of the route that answered (under a mount, its prefix and the route's
+    template; a mount's files, ``<prefix>/*``), or ``(unrouted)``: a bounded label."""
+    prefix = str(scope.get("root_path", ""))[len(root):]
+    path = getattr(scope.get("route"), "path", None)
+    if path is None:  # a mount's files (``/docs/static/*``), or no route at all
+        return f"{prefix}/*" if prefix else "(unrouted)"
+    return f"{prefix}{path}" if prefix else str(path)
 
 
 async def _fast_check(handler: CheckHandler, scope: Scope, receive: Receive,
@@ -94,14 +139,18 @@ async def _fast_check(handler: CheckHandler, scope: Scope, receive: Receive,
 def _lifespan(settings: Settings) -> Callable[[Stage0App], Any]:
     @asynccontextmanager
     async def lifespan(app: Stage0App) -> AsyncIterator[None]:
+        traced = tracing.start_from_env()  # #16 item 2: OTLP, when an endpoint is set
         state: AppState = start(settings)
         app.state.stage0 = state  # read by the routes (``app_state``), tests and tools
+        state.deliverer.on_attempt = metrics.count_webhook  # #16 item 3
         app.check_handler = partial(check.decide_check, state)
         try:
             yield
         finally:
             app.check_handler = None
             state.close()
+            if traced:
+                tracing.shutdown()
 
     return lifespan
 
@@ -131,6 +180,9 @@ def create_api(settings: Settings | None = None) -> Stage0App:
         docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN: ours, in ops
         redoc_url=None,
     )
+    app.state.metrics_access = metrics.MetricsAccess.from_env()  # #16 item 3
+    if logs.log_format() == "json":
+        logs.enable()
     ops.mount_api_docs(app)
     errors.install(app)
     for router in (check.router, authzen.router, decisions.router, approvals.router,

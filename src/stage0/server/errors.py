@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stage0.engine.evaluate import uuid4_id
-from stage0.server import metrics
+from stage0.server import logs, metrics
 from stage0.server.jobs import Outcome, error_body
 
 log = logging.getLogger("stage0.server")
@@ -52,6 +52,8 @@ CODES: dict[str, ErrorCode] = _catalogue(
     ("FAIL_CLOSED", 503, "the service cannot decide (the decision log is unavailable); the "
                          "body still says `verdict: DENY`"),
     ("INTERNAL_ERROR", 500, "an unexpected error (logged)"),
+    ("METRICS_TOKEN_INVALID", 401, "`/metrics` needs the bearer token of "
+                                   "`STAGE0_METRICS_TOKEN` (`STAGE0_METRICS_AUTH=token`)"),
     # -- POST /check ----------------------------------------------------------------------
     ("PRO_PLAN_REQUIRED", 402, "`pro: true` on a plan without it"),
     ("MONTHLY_QUOTA_EXCEEDED", 402, "the key's monthly quota is used up"),
@@ -144,7 +146,9 @@ def error_response(request: Request, status: int, code: str, detail: str,
     """The refusal as a response, counted in ``stage0_refused_total`` when it is one."""
     if status in metrics.REFUSAL_STATUSES:
         metrics.count_refusal(status, route_of(request))
-    rid = request_id(request.headers.get("x-request-id"))[0]
+    rid, sent = request_id(request.headers.get("x-request-id"))
+    if not sent and logs.ENABLED:  # #16: the id this request's log lines already carry
+        rid = logs.REQUEST_ID.get() or rid
     headers = {"x-request-id": rid}
     if "retry_after_seconds" in extra:
         headers["retry-after"] = str(extra["retry_after_seconds"])

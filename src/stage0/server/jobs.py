@@ -8,7 +8,7 @@ import hashlib
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -16,6 +16,9 @@ from stage0.contract import CODES, CheckRequest, RequestValidationError
 from stage0.contract.response import Decision
 from stage0.store.keys import ApiKey
 from stage0.store.redact import redact
+
+if TYPE_CHECKING:
+    from stage0.server.tracing import Trace
 
 
 @dataclass(slots=True)
@@ -59,6 +62,8 @@ class Job:
     """The action digest, when worked out ahead of the transaction (for the prefetch)."""
     early: EarlyDecision | None = None
     """The decision made ahead of the transaction, when it needs no stored state."""
+    trace: Trace | None = None
+    """#16: the caller's trace context, when tracing is on (``server/tracing.py``)."""
 
     def logged_request(self) -> tuple[str, str]:
         """What the log keeps of the body: its redacted JSON and the masked paths (JSON).

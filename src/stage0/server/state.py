@@ -20,15 +20,19 @@ from starlette.applications import Starlette
 from stage0.contract.request import parse_instant
 from stage0.engine import system_clock
 from stage0.engine.evaluate import uuid4_id
+from stage0.export import start_from_env
 from stage0.policy import CompiledPolicy, PolicyError, load_policy
 from stage0.policy.packset import PackSet, load_pack_set
 from stage0.server import metrics
 from stage0.server.backoff import AuthBackoff, BackoffSettings
 from stage0.server.evidence import EvidencePrefetch, EvidenceSettings
-from stage0.server.reload import PolicyReloader
+from stage0.server.handlers import sweep
+from stage0.server.reload import FleetSettings, PolicyReloader, PolicyUnavailable, StorePolicy
 from stage0.server.writer import Writer
 from stage0.store import Store
 from stage0.store.checkpoints import Checkpointer, CheckpointSettings
+from stage0.store.export import Exporter
+from stage0.store.retention import PartitionMaintainer
 from stage0.store.signing import ensure_signing_key
 from stage0.store.webhooks import Deliverer
 
@@ -54,6 +58,8 @@ class Settings:
     """When the decision log's chains are checkpointed (``store/checkpoints.py``)."""
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
     """The evidence source that confirms rollback and ticket references (``server/evidence.py``)."""
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+    """How this replica follows the store's active policy (``server/reload.py``, #16)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,6 +73,7 @@ class Settings:
             auth_backoff=BackoffSettings.from_env(),
             checkpoints=CheckpointSettings.from_env(),
             evidence=EvidenceSettings.from_env(),
+            fleet=FleetSettings.from_env(),
         )
 
 
@@ -98,6 +105,10 @@ class AppState:
     """Failed authentications of this process, and their back-off."""
     evidence: EvidencePrefetch | None = None
     """Looks a check's rollback and ticket references up before it is queued."""
+    fleet: StorePolicy | None = None
+    """The store's active policy, this replica's heartbeat and the others' (#16)."""
+    exporter: Exporter | None = None
+    """Exports the decision log to the sinks of ``STAGE0_EXPORT_CONFIG`` (``store/export.py``)."""
 
     def now_us(self) -> int:
         return int(self.clock().timestamp() * 1e6)
@@ -115,6 +126,10 @@ class AppState:
     def close(self) -> None:
         if self.reloader is not None:
             self.reloader.close()
+        if self.fleet is not None:
+            self.fleet.close()
+        if self.exporter is not None:
+            self.exporter.close()
         self.deliverer.close()
         self.pipeline.close()
         self.store.dispose()
@@ -160,10 +175,19 @@ def _clock(settings: Settings) -> Callable[[], datetime]:
 def start(settings: Settings) -> AppState:
     """Open the store (migrated, with a signing key), load the pack, start the pipeline, the
     policy reloader (with a pack file) and the webhook deliverer."""
+    sweep.warning_s()  # a bad STAGE0_APPROVAL_EXPIRY_WARNING_S stops the start, not the sweep
     store = Store(settings.db)
     store.migrate()
     ensure_signing_key(store)
-    packs = _load_packs(settings)
+    fleet = StorePolicy(store, settings.fleet, clock=time.time)
+    try:
+        packs = fleet.initial()
+    except PolicyUnavailable:
+        packs = None  # logged; every /check fails closed until a pack that loads is active
+    if fleet.active is None:
+        packs = _load_packs(settings)
+    elif settings.policy:
+        log.warning("--policy %s is not loaded: %s", settings.policy, fleet.ignored())
     policy = packs.active if packs is not None else None
     clock = _clock(settings)
     # the entry point's clocks and id factory: ``clock`` decides (frozen with --frozen-time),
@@ -173,19 +197,27 @@ def start(settings: Settings) -> AppState:
                       held=packs.held if packs is not None else (), ids=uuid4_id,
                       wall_clock=system_clock)
     pipeline.approvals.public_url = settings.public_url
+    pipeline.fleet = fleet
     if policy is not None:
         metrics.POLICY_INFO.labels(policy_version=policy.policy_version,
                                    sha256=policy.sha256).set(1)
     state = AppState(settings=settings, store=store, pipeline=pipeline, clock=clock,
                      deliverer=Deliverer(store, clock=time.time, on_tick=_each(
                          Checkpointer(store, settings.checkpoints, clock=time.time,
-                                      keyring=pipeline.keyring), _Sweeper(pipeline))),
+                                      keyring=pipeline.keyring), _Sweeper(pipeline),
+                         PartitionMaintainer(store))),
                      policy=policy, packs=packs, auth=AuthBackoff(settings.auth_backoff))
     state.evidence = EvidencePrefetch(settings.evidence, store, pipeline)
+    state.fleet = fleet
+    fleet.bind(state.apply, lambda: state.policy)
+    fleet.tick()  # the first heartbeat, before serving
+    fleet.start()
     if settings.policy:
-        state.reloader = PolicyReloader(settings.policy, state.apply, clock=time.time)
+        state.reloader = PolicyReloader(settings.policy, state.apply, clock=time.time,
+                                        ignored=fleet.ignored)
         state.reloader.start()
     state.deliverer.start()
+    state.exporter = start_from_env(store)
     # What was built so far (pack, engine caches, modules) lives as long as the server: move
     # it out of the collector's sight, and collect the young generation less often (a decision
     # allocates many short-lived objects; cycles among them are rare).

@@ -34,6 +34,7 @@ from stage0.server import metrics, readahead
 from stage0.server.durability import Durability
 from stage0.server.handlers import Handler, break_glass, checks, early, sweep, tokens, votes
 from stage0.server.jobs import Job, Outcome, fail_closed_body, job_ident
+from stage0.server.reload import PolicyChanged, StorePolicy
 from stage0.store.approvals import ApprovalStore
 from stage0.store.database import Store
 from stage0.store.runstate import TransactionRunState
@@ -114,6 +115,10 @@ class Writer:
         self.evidence = EvidenceCache()
         """The evidence source's answers, looked up before a check is queued (#15)."""
         self.early = early.EarlyDecider(self)
+        self.tally = metrics.Tally()  # #16 item 3: the batch's counts, flushed after its commit
+        self.fleet: StorePolicy | None = None
+        """#16: the store's active policy, confirmed before each batch's commit (set by
+        ``server/state.py``; ``None``: packs from files only)."""
         self.engine = self._engine()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.carried: list[Job | None] = []
@@ -342,9 +347,11 @@ class Writer:
             cur = conn.cursor()
             tx = self._transaction(cur)
             try:
+                self.tally.clear()  # #16 item 3
                 outcome = HANDLERS["sweep"](self, tx, job)
                 tx.save()
                 conn.commit()
+                self.tally.flush()  # #16 item 3
             finally:
                 tx.end()
                 cur.close()
@@ -358,6 +365,7 @@ class Writer:
         failing closed when the transaction does). The writer thread calls it under the
         lock; a test may call it directly (no other batch running)."""
         outcomes: list[Outcome] = []
+        self.tally.clear()  # #16 item 3: nothing of a failed or redone attempt is counted
         try:
             conn = self.connection()
             cur = conn.cursor()
@@ -367,16 +375,23 @@ class Writer:
                 if self.store.dialect == "postgresql":
                     readahead.join_late(self, conn, batch, tx)
                 outcomes = [self._handle_safely(tx, job) for job in batch]
+                if self.fleet is not None:  # #16: decided under the store's active policy?
+                    self.fleet.confirm(self, conn)
                 started = time.perf_counter()
                 with self.pipeline(conn):  # PostgreSQL: writes and COMMIT in one round trip
                     tx.save()
                     conn.commit()
                 self.stats.committed += 1
+                self.tally.flush()  # #16 item 3
                 metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                 metrics.BATCH_SIZE.observe(len(batch))
             finally:
                 tx.end()
                 cur.close()
+        except PolicyChanged as changed:  # #16: another pack is active: decide again under it
+            self._rollback()
+            assert self.fleet is not None
+            return self.fleet.redo(self, batch, changed)
         except Exception as exc:  # noqa: BLE001 - any store failure fails the batch closed
             log.error("decision log unavailable, failing %d request(s) closed: %s",
                       len(batch), exc)
@@ -396,7 +411,8 @@ class Writer:
         try:
             return HANDLERS[job.op](self, tx, job)
         except Exception as exc:  # fail this request closed, keep the batch
-            log.exception("request %s failed closed", job.request_id)
+            log.exception("request %s failed closed", job.request_id,
+                          extra={"request_id": job.request_id})  # #16 item 3: JSON logs
             metrics.FAIL_CLOSED.labels(reason="internal").inc()
             return Outcome(503, fail_closed_body(
                 job.request_id, f"The request could not be decided: {str(exc)[:200]}",

@@ -229,7 +229,8 @@ class ApprovalStore:
     def to_warn(self, tenant: str, now_us: int, horizon_us: int) -> list[Approval]:
         """Pending requests expiring by ``horizon_us`` whose approvers were not warned yet."""
         cur = self.cursor
-        cur.execute(self._sql["to_warn"], {"t": tenant, "now": now_us, "horizon": horizon_us})
+        cur.execute(self._sql["to_warn"], {"t": tenant, "now": now_us, "horizon": horizon_us,
+                                           "window": horizon_us - now_us})
         ids = [approval_id for (approval_id,) in cur.fetchall()]
         return [a for a in (self.get(tenant, i) for i in ids) if a is not None]
 
@@ -240,23 +241,24 @@ class ApprovalStore:
     def get(self, tenant: str, approval_id: str) -> Approval | None:
         return self._fetch("one", {"t": tenant, "i": approval_id})
 
-    def open_for(self, tenant: str, digest: str, now_us: int, binding: str | None = None,
+    def open_for(self, tenant: str, digest: str, now_us: int, binding: str,
                  requester: Requester | None = None, bound_to: BoundTo = "key",
                  ) -> Approval | None:
         """The newest request for this exact action that can still move it forward (pending,
         or granted and within its execute-by window), bound to ``binding`` (the engine's
-        binding digest; ``None``: any) and usable by ``requester`` under ``bound_to``."""
-        key = (tenant, digest)
-        found = self._open.get(key)
+        binding digest) and usable by ``requester`` under ``bound_to``: from the batch's
+        prefetch when it read this action, else read."""
+        found = self._open.get((tenant, digest))
         if found is None:
             self.reads["open"] = self.reads.get("open", 0) + 1
-            self.cursor.execute(self._sql["open"], {"t": tenant, "d": digest, "now": now_us})
-            found = self._open[key] = [Approval(dict(zip(COLUMNS, row, strict=True)), [])
-                                       for row in self.cursor.fetchall()]
+            self.cursor.execute(self._sql["open"],
+                                {"t": tenant, "d": digest, "b": binding, "now": now_us})
+            found = [Approval(dict(zip(COLUMNS, row, strict=True)), [])
+                     for row in self.cursor.fetchall()]
         for approval in found:
             r = approval.row
-            if (is_open(r["status"], r["expires_us"], r["execute_by_us"], now_us)
-                    and (binding is None or r.get("binding_digest") == binding)
+            if (r.get("binding_digest") == binding
+                    and is_open(r["status"], r["expires_us"], r["execute_by_us"], now_us)
                     and approval.usable_by(requester, bound_to)):
                 return self._with_votes(approval)
         return None

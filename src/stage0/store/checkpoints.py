@@ -88,14 +88,16 @@ def _from_row(row: Any) -> Checkpoint:
 def sign_checkpoint(store: Store, keyring: Keyring, tenant: str, seq: int, *,
                     reason: str = "manual", now_us: int | None = None) -> Checkpoint:
     """Sign and store a checkpoint of ``tenant``'s chain at ``seq`` (the row there must
-    exist); the one already stored at that ``seq``, if any. Raises ``LookupError`` when the
-    row does not exist, :class:`~stage0.store.signing.TokenError` without an active key."""
+    exist); the one already stored at that ``seq``, if any — except that a ``partition``
+    checkpoint (a retention boundary, which says so in its signed claims) replaces one of
+    another reason at its ``seq``. Raises ``LookupError`` when the row does not exist,
+    :class:`~stage0.store.signing.TokenError` without an active key."""
     if reason not in REASONS:
         raise ValueError(f"unknown checkpoint reason {reason!r}")
     with store.connect() as conn:
         existing = conn.execute(select(chain_checkpoints).where(and_(
             chain_checkpoints.c.tenant_id == tenant, chain_checkpoints.c.seq == seq))).first()
-        if existing is not None:
+        if existing is not None and (reason != "partition" or existing.reason == reason):
             return _from_row(existing)
         found = conn.execute(select(decisions.c.row_hash).where(and_(
             decisions.c.tenant_id == tenant, decisions.c.seq == seq))).first()
@@ -103,14 +105,20 @@ def sign_checkpoint(store: Store, keyring: Keyring, tenant: str, seq: int, *,
         raise LookupError(f"tenant {tenant!r} has no row at seq {seq}")
     now_us = int(time.time() * 1e6) if now_us is None else now_us
     key = keyring.active()
-    claims = {"tenant": tenant, "seq": seq, "row_hash": found.row_hash,
-              "iat": now_us // 1_000_000}
+    claims: dict[str, Any] = {"tenant": tenant, "seq": seq, "row_hash": found.row_hash,
+                              "iat": now_us // 1_000_000}
+    if reason == "partition":  # signed: only such a checkpoint lets verify start after it
+        claims["reason"] = reason
     token = jwt.encode({"alg": ALGORITHM, "kid": key.kid, "typ": TYP}, claims, key.private,
                        algorithms=[ALGORITHM])
     made = Checkpoint(tenant=tenant, seq=seq, row_hash=found.row_hash, kid=key.kid,
                       reason=reason, created_us=now_us, jws=token)
     insert = (pg_insert if store.dialect == "postgresql" else sqlite_insert)(chain_checkpoints)
     with store.begin() as conn:
+        if existing is not None:  # a boundary replaces the periodic or manual one at its seq
+            conn.execute(chain_checkpoints.delete().where(and_(
+                chain_checkpoints.c.tenant_id == tenant, chain_checkpoints.c.seq == seq,
+                chain_checkpoints.c.reason != "partition")))
         # another process may have signed this seq meanwhile: the first one stays
         conn.execute(insert.values(
             tenant_id=tenant, seq=seq, row_hash=made.row_hash, kid=made.kid, reason=reason,
@@ -334,7 +342,8 @@ class Anchors:
 
     def add(self, tenant: str, claims: Mapping[str, Any], source: str) -> None:
         self.anchors.setdefault(tenant, []).append(ledger.Anchor(
-            claims["seq"], claims["row_hash"], f"{source}, signed {_signed_at(claims)}"))
+            claims["seq"], claims["row_hash"], f"{source}, signed {_signed_at(claims)}",
+            boundary=claims.get("reason") == "partition"))
 
     def fail(self, tenant: str, problem: str) -> None:
         self.problems.setdefault(tenant, []).append(problem)

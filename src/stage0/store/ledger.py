@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, NotRequired, TypedDict
 
 import orjson
-from sqlalchemy import ClauseElement, and_, bindparam, select
+from sqlalchemy import ClauseElement, and_, bindparam, func, select
 
 from stage0.engine.digest import sha256_hex
 from stage0.store.database import Store
@@ -159,6 +159,9 @@ class Anchor:
     seq: int
     row_hash: str
     source: str
+    boundary: bool = False
+    """A retention boundary (a checkpoint whose signed claims say ``reason: partition``): the
+    rows up to ``seq`` may have been pruned, and the chain verified from it."""
 
 
 @dataclass(slots=True)
@@ -170,6 +173,9 @@ class TenantReport:
     """How many anchors (checkpoints) the chain was checked against."""
     anchored_seq: int = 0
     """The newest anchored ``seq`` (0: none)."""
+    pruned_to: int = 0
+    """The rows up to this ``seq`` were pruned at a signed retention boundary (0: none); the
+    chain was verified from it."""
 
     @property
     def ok(self) -> bool:
@@ -198,7 +204,8 @@ def verify(store: Store, tenant: str | None = None,
             report.problems.extend(problems.get(t, ()))
             wanted = {a.seq for a in anchors.get(t, ())}
             seen: dict[int, str] = {}
-            expected_seq, prev = 1, GENESIS
+            expected_seq, prev = _start(conn, t, anchors.get(t, ()), heads.get(t))
+            report.pruned_to = expected_seq - 1
             rows = conn.execute(
                 select(decisions).where(decisions.c.tenant_id == t).order_by(decisions.c.seq)
             )
@@ -241,26 +248,46 @@ def verify(store: Store, tenant: str | None = None,
             elif head is not None and head[1] != prev:
                 report.problems.append("the newest row does not match the chain head")
             check_anchors(report, anchors.get(t, ()), seen, last_seq,
-                          None if head is None else int(head[0]))
+                          None if head is None else int(head[0]), report.pruned_to)
             reports.append(report)
         return reports
 
 
+def _start(conn: Any, tenant: str, anchors: Sequence[Anchor],
+           head: tuple[int, str] | None) -> tuple[int, str]:
+    """Where the tenant's chain is verified from: ``(1, GENESIS)``, or just after a signed
+    retention boundary when the rows up to it were pruned — the boundary right before the
+    first row left, or (no row left) the one at the head."""
+    boundaries = {a.seq: a.row_hash for a in anchors if a.boundary}
+    if not boundaries:
+        return 1, GENESIS
+    first = conn.execute(select(func.min(decisions.c.seq)).where(
+        decisions.c.tenant_id == tenant)).scalar()
+    at = int(first) - 1 if first is not None else (int(head[0]) if head is not None else 0)
+    if at >= 1 and at in boundaries:
+        return at + 1, boundaries[at]
+    return 1, GENESIS
+
+
 def check_anchors(report: TenantReport, anchors: Sequence[Anchor], seen: Mapping[int, str],
-                  last_seq: int, head_seq: int | None) -> None:
+                  last_seq: int, head_seq: int | None, pruned_to: int = 0) -> None:
     """Add to ``report`` what ``anchors`` show about the chain: rows deleted after an anchor
     (the chain truncated, the head rewound) and an anchored row whose hash changed (the chain
     rewritten from a row onwards), bounded by the newest anchor that still matches.
 
     ``seen``: the ``row_hash`` of each anchored ``seq`` present in the chain; ``last_seq``: its
-    newest row; ``head_seq``: where its head points (``None``: no head)."""
+    newest row; ``head_seq``: where its head points (``None``: no head); ``pruned_to``: the
+    signed retention boundary the chain was verified from (anchors up to it name pruned rows,
+    not deleted ones)."""
     if not anchors:
         return
     ordered = sorted(anchors, key=lambda a: a.seq)
     report.anchors, report.anchored_seq = len({a.seq for a in ordered}), ordered[-1].seq
-    matched, rewritten = 0, []
+    matched, rewritten = pruned_to, []
     for anchor in ordered:
         found = seen.get(anchor.seq)
+        if found is None and anchor.seq <= pruned_to:
+            continue
         if found is None:
             if anchor.seq <= last_seq:
                 report.problems.append(
@@ -322,7 +349,11 @@ def verify_record(store: Store, tenant: str, seq: int) -> list[str]:
 
 def to_record(row: Any) -> dict[str, Any]:
     """A log row as the API and the export show it (JSON columns decoded)."""
-    m = dict(row._mapping)
+    return mapping_to_record(row._mapping)
+
+
+def mapping_to_record(m: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`to_record` of a row read as a mapping of column to value."""
     return {
         "request_id": m["request_id"],
         "tenant": m["tenant_id"],
@@ -350,7 +381,33 @@ def to_record(row: Any) -> dict[str, Any]:
     }
 
 
+_GET = "SELECT * FROM decisions WHERE tenant_id = %s AND request_id = %s"
+
+
+def _get_postgresql(store: Store, tenant: str, request_id: str) -> dict[str, Any] | None:
+    """The lookup on a raw pooled connection, outside a transaction: one round trip (no
+    ``BEGIN``, no ``ROLLBACK``), a statement psycopg prepares after its fifth use on the
+    connection (the partitioned log's plan, one index probe per month, is made once), and none
+    of SQLAlchemy's per-statement work (docs/performance.md)."""
+    from psycopg.rows import dict_row  # noqa: PLC0415 - PostgreSQL only
+
+    with store.raw() as conn:
+        driver = conn.driver_connection
+        driver.autocommit = True
+        try:
+            with driver.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(_GET, (tenant, request_id))
+                found = cursor.fetchone()
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    return None if found is None else mapping_to_record(found)
+
+
 def get(store: Store, tenant: str, request_id: str) -> dict[str, Any] | None:
+    """One row by its request id."""
+    if store.dialect == "postgresql":
+        return _get_postgresql(store, tenant, request_id)
     with store.connect() as conn:
         row = conn.execute(
             select(decisions).where(
@@ -433,8 +490,6 @@ def export(
 
 
 def count(store: Store, tenant: str | None = None) -> int:
-    from sqlalchemy import func  # noqa: PLC0415 - only here
-
     query = select(func.count()).select_from(decisions)
     if tenant is not None:
         query = query.where(decisions.c.tenant_id == tenant)

@@ -243,3 +243,60 @@ chain_checkpoints = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("jws", Text, nullable=False),
 )
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("generation", BigInteger, primary_key=True, autoincrement=False),
+    Column("policy_version", String(300), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("pack_text", Text, nullable=False),
+    Column("pushed_by", String(200), nullable=False),
+    Column("pushed_us", BigInteger, nullable=False),
+)
+
+policy_active = Table(
+    "policy_active",
+    metadata,
+    Column("scope", String(100), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("policy_version", String(300), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("previous_generation", BigInteger),
+    Column("activated_by", String(200), nullable=False),
+    Column("activated_us", BigInteger, nullable=False),
+)
+
+policy_replicas = Table(
+    "policy_replicas",
+    metadata,
+    Column("replica_id", String(100), primary_key=True),
+    Column("hostname", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("generation", BigInteger),
+    Column("policy_version", String(300)),
+    Column("sha256", String(64)),
+    Column("state", String(20), nullable=False),
+    Column("error", Text),
+    Column("started_us", BigInteger, nullable=False),
+    Column("seen_us", BigInteger, nullable=False),
+    Index("ix_policy_replicas_seen", "seen_us"),
+)
+
+export_cursors = Table(
+    "export_cursors",
+    metadata,
+    Column("sink", String(100), primary_key=True),
+    Column("tenant_id", String(100), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("lease_owner", String(100)),
+    Column("lease_until_us", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("last_error", Text),
+    Column("delivered_us", BigInteger),
+    Column("updated_us", BigInteger, nullable=False),
+)

@@ -168,12 +168,13 @@ def _still_open() -> ColumnElement[bool]:
 
 
 def approval_open(dialect: str) -> ClauseElement:
-    """The open requests of one action, newest first: one per requester and bound fields
-    (``ApprovalStore.open_for`` picks), at most a hundred."""
+    """The open requests of one action with these bound fields, newest first: one per
+    requester (``ApprovalStore.open_for`` picks the caller's)."""
     return _approval_rows().where(and_(
         approvals.c.tenant_id == bindparam("t"), approvals.c.action_digest == bindparam("d"),
+        approvals.c.binding_digest == bindparam("b"),
         _still_open())).order_by(approvals.c.created_us.desc()).limit(
-        literal_column("100")).offset(literal_column("0"))
+        literal_column("1000")).offset(literal_column("0"))
 
 
 def approvals_open_many(dialect: str, count: int) -> ClauseElement:
@@ -247,10 +248,13 @@ def warning_tenants(_: str) -> ClauseElement:
 
 
 def _to_warn() -> Any:
+    """Pending, unwarned, expiring within the horizon — and living longer than the warning
+    window (a request that short would be "expiring" from its first sweep on)."""
     return and_(approvals.c.status == literal_column("'pending'"),
                 approvals.c.warned_us.is_(None),
                 approvals.c.expires_us > bindparam("now"),
-                approvals.c.expires_us <= bindparam("horizon"))
+                approvals.c.expires_us <= bindparam("horizon"),
+                approvals.c.expires_us - approvals.c.created_us > bindparam("window"))
 
 
 def approvals_to_warn(_: str) -> ClauseElement:

@@ -177,6 +177,9 @@ class Deliverer:
         self._stop = threading.Event()
         self._client = httpx.Client(timeout=TIMEOUT_S)
         self._thread = threading.Thread(target=self._run, name="stage0-webhooks", daemon=True)
+        self.on_attempt: Callable[[str], None] | None = None
+        """Told each attempt's outcome: ``delivered``, ``retry`` or ``failed`` (the server's
+        metrics, #16)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -252,6 +255,8 @@ class Deliverer:
                 values.update(status="failed")
             else:
                 values.update(next_attempt_us=int((self._clock() + delay) * 1e6))
+            if self.on_attempt is not None:
+                self.on_attempt(str(values.get("status", "retry")))
             with self._store.begin() as conn:  # only while the lease is still ours
                 conn.execute(update(webhook_deliveries).where(and_(
                     webhook_deliveries.c.id == row.id,

@@ -1,5 +1,6 @@
-"""The policy page: the active pack, its buckets, change windows and freezes, and (scope
-``audit:read``) the shadow rules' hits of the last days."""
+"""The policy page: the active pack, its buckets, change windows and freezes, where it comes from
+(the store's pushed versions: every replica and the version it serves, drift flagged), and
+(scope ``audit:read``) the shadow rules' hits of the last days."""
 
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ async def policy_page(request: Request, state: State, session: SignedIn) -> Resp
             lambda: shadow_report(state.store, tenant=session.key.tenant_id,
                                   since=now - timedelta(days=SHADOW_DAYS)))
         shadow = report.to_dict()
+    fleet = await run_in_threadpool(state.fleet.status) if state.fleet is not None else None
     return html(request, "policy.html", 200, session, title="Policy", page="policy",
-                policy=policy, windows=windows_of(policy, now) if policy else [],
+                policy=policy, fleet=fleet,
+                fleet_problems=state.fleet.problems() if state.fleet is not None else [],
+                windows=windows_of(policy, now) if policy else [],
                 freezes=freezes_of(policy, now) if policy else [], shadow=shadow,
                 shadow_days=SHADOW_DAYS,
                 shadow_rules=[r for r in policy.rules if r.shadow] if policy else [])

@@ -80,8 +80,12 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
         if refused is not None:
             return refused
         mfa_passed = True
-    return _declare(tx, key, now, logged, target, summary, actor, requester, glass, reason,
-                    lifts, mfa_passed)
+    outcome = _declare(tx, key, now, logged, target, summary, actor, requester, glass, reason,
+                       lifts, mfa_passed)
+    writer.tally.approval_created("break_glass")  # #16 item 3
+    if isinstance(outcome.body, dict) and outcome.body.get("status") == "approved":
+        writer.tally.approval_decided("approved", to_us(now), to_us(now))
+    return outcome
 
 
 def _declarable(deciding: CompiledPolicy | None, logged: LoggedDecision, target: str,

@@ -15,7 +15,6 @@ import orjson
 from stage0.contract import CheckRequest
 from stage0.contract.response import ResponseBody
 from stage0.engine.approvals import Requester
-from stage0.engine.digest import binding_digest, bound_fields
 from stage0.policy import normalize_name
 from stage0.policy.compiled import ApprovalRule
 from stage0.server import metrics
@@ -150,6 +149,11 @@ def _decide(writer: Writer, tx: Transaction, chain: ChainCursor, job: Job, key: 
         if body["buckets"]:
             body["execution_token"] = (early.token if early is not None and early.token
                                        else tokens.sign(writer, key.tenant_id, body, now))
+            writer.tally.tokens_issued += 1  # #16 item 3
+    if body["verdict"] != "ALLOW" and body["issues"]:  # #16 item 3: loop-limit hits
+        writer.tally.loop_limits(body["issues"])
+    if job.trace is not None:  # #16 item 2: what the decision's span reports
+        job.trace.body = body
     encoded = decision.to_json()
     tx.log(chain, record(writer, job, key, now, 200, "decision", body, eval_us, encoded))
     metrics.count_answer(body["verdict"], body["buckets"],
@@ -165,8 +169,7 @@ def _approval_for(writer: Writer, tx: Transaction, job: Job, key: ApiKey,
     tenant, digest = key.tenant_id, body["action_digest"]
     deciding = writer.by_version(body.get("policy_version"))
     rule = deciding.approval_rule(body["buckets"]) if deciding is not None else FALLBACK_RULE
-    fields = bound_fields(request.goal, request.context, rule.binds)
-    binding = binding_digest(digest, fields)
+    binding, fields = writer.engine.binding_of(request, digest)  # what the engine checks
     approval = tx.approvals.open_for(tenant, digest, now_us, binding, requester_of(key),
                                      rule.bound_to)
     if approval is None:
@@ -181,6 +184,7 @@ def _approval_for(writer: Writer, tx: Transaction, job: Job, key: ApiKey,
         )
         tx.event(key, now, "approval.created", approval,
                  {"approval_id": approval.id, "request_id": job.request_id})
+        writer.tally.approval_created()  # #16 item 3
     return approval.view(now_us, tx.approvals.public_url)
 
 

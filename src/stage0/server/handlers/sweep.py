@@ -20,8 +20,17 @@ if TYPE_CHECKING:
 
 def warning_s() -> float:
     """``STAGE0_APPROVAL_EXPIRY_WARNING_S``: how long before a pending request expires its
-    approvers are warned (``approval.expiring``); ``0``: never."""
-    return max(0.0, float(os.environ.get("STAGE0_APPROVAL_EXPIRY_WARNING_S", "900")))
+    approvers are warned (``approval.expiring``); ``0``: never. Checked when the server
+    starts (a bad value stops it there, not the sweep later)."""
+    raw = os.environ.get("STAGE0_APPROVAL_EXPIRY_WARNING_S", "900")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < 10 * 365 * 86400):  # also refuses nan and inf
+        raise ValueError("STAGE0_APPROVAL_EXPIRY_WARNING_S must be a number of seconds "
+                         f"(0 to turn the warning off), not {raw!r}")
+    return value
 
 
 def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
@@ -32,7 +41,8 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
     expiring = {tenant for (tenant,) in tx.cursor.fetchall()}
     warn: set[str] = set()
     if warn_us:
-        tx.cursor.execute(tx.sql(warning_tenants), {"now": now_us, "horizon": now_us + warn_us})
+        tx.cursor.execute(tx.sql(warning_tenants),
+                          {"now": now_us, "horizon": now_us + warn_us, "window": warn_us})
         warn = {tenant for (tenant,) in tx.cursor.fetchall()}
     tenants = sorted(expiring | warn)
     tx.lock(tenants)
@@ -51,5 +61,6 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
         for approval in tx.approvals.expired_pending(tenant, now_us):
             tx.approvals.set_status(approval, "expired", now_us)
             tx.event(None, now, "approval.expired", approval, {}, tenant=tenant)
+            writer.tally.approval_expired()  # #16 item 3
             expired += 1
     return Outcome(200, {"expired": expired, "warned": warned})

@@ -53,6 +53,7 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
     def refuse(status: int, code: str, detail: str) -> Outcome:
         tx.event(key, now, "token.refused", None, {"code": code},
                  digest=str(p.get("action_digest") or "")[:64])
+        writer.tally.token_refused(code)  # #16 item 3
         return refusal(status, code, detail, rid)
 
     if not key.can("check"):
@@ -81,4 +82,5 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
              digest=str(claims.get("action_digest")),
              environment=claims.get("environment"),
              buckets=list(claims.get("buckets") or []))
+    writer.tally.token_consumed()  # #16 item 3
     return Outcome(200, body)

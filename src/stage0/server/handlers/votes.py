@@ -45,6 +45,7 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
         if approval.row["status"] != "expired":
             tx.approvals.set_status(approval, "expired", now_us)
             tx.event(key, now, "approval.expired", approval, {})
+            writer.tally.approval_expired()  # #16 item 3
         return refuse(409, "APPROVAL_EXPIRED", f"Approval `{approval.id}` has expired")
     if status != "pending":
         return refuse(409, "APPROVAL_ALREADY_DECIDED",
@@ -60,6 +61,8 @@ def handle(writer: Writer, tx: Transaction, job: Job) -> Outcome:
         mfa_passed = True
     _vote(tx, key, approval, "approve" if job.op == "approve" else "reject",
           p.get("reason") or "", mfa_passed, now)
+    if approval.row["status"] in ("approved", "rejected"):  # #16 item 3: decided by this vote
+        writer.tally.approval_decided(approval.row["status"], approval.row["created_us"], now_us)
     return Outcome(200, approval.view(now_us, tx.approvals.public_url))
 
 

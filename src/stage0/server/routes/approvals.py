@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from stage0.server import tracing
 from stage0.server.auth import authenticate, backing_off, counted, request_secret, source_of
 from stage0.server.body import STRICT_JSON
 from stage0.server.errors import ApiError, refused, request_id, route_of
@@ -68,8 +69,11 @@ async def through_pipeline(request: Request, state: AppState, op: str,
     job = Job(secret=secret, raw=orjson.dumps(payload), request=None, invalid=None,
               request_id=rid, client_request_id=False, started=time.perf_counter(),
               op=op, payload=payload)
+    trace = tracing.begin(request.headers.get) if tracing.ENABLED else None  # #16 item 2
     outcome = await state.pipeline.answer(job)
     counted(state, source, secret, job, outcome.status)
+    if trace is not None:
+        tracing.finish_operation(job, outcome, trace, route_of(request))
     if outcome.status != 200:
         content = refused(outcome, route_of(request))
     else:

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stage0.contract import CheckRequest, CheckResponse, RequestValidationError, parse_request
 from stage0.contract.request import MAX_BODY_BYTES
-from stage0.server import metrics
+from stage0.server import logs, metrics, tracing
 from stage0.server.auth import authenticate, counted, secret_of, source_of
 from stage0.server.backoff import DETAIL as BACKOFF_DETAIL
 from stage0.server.body import is_json_type, unsupported
@@ -57,6 +57,8 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
     ``CheckRequest``, or a ``RequestValidationError``) and its ``route`` (the metrics label)."""
     started = time.perf_counter()
     rid, client_rid = request_id(header("x-request-id"))
+    if logs.ENABLED:  # #16 item 3: the request id on this request's log lines
+        logs.REQUEST_ID.set(rid)
     secret = secret_of(header("x-api-key"), header("authorization"))
     if not secret:
         metrics.count_refusal(401, route)
@@ -87,7 +89,8 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
         raw = raw[:MAX_BODY_BYTES]
     job = Job(secret=secret, raw=raw, request=parsed, invalid=invalid, request_id=rid,
               client_request_id=client_rid, started=started,
-              parse_us=(time.perf_counter() - t0) * 1e6)
+              parse_us=(time.perf_counter() - t0) * 1e6,
+              trace=tracing.begin(header, started) if tracing.ENABLED else None)  # #16 item 2
     try:  # redaction and hashing here, not in the writer's turn
         job.logged_request()
     except Exception:  # the writer tries again, and fails this one closed
@@ -98,6 +101,8 @@ async def decide_check(state: AppState, header: Callable[[str], str | None], raw
     outcome = await state.pipeline.answer(job)
     counted(state, source, secret, job, outcome.status)
     metrics.LATENCY.observe(time.perf_counter() - started)
+    if job.trace is not None:  # #16 item 2: the decision's span
+        tracing.finish_check(job, outcome, route)
     if outcome.status != 200:  # refusals only pay for the count and the code
         return outcome.status, refused(outcome, route), outcome.headers
     content = outcome.body if isinstance(outcome.body, bytes) else orjson.dumps(outcome.body)

@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from stage0 import __version__
 from stage0.server import metrics
+from stage0.server.auth import authenticate
+from stage0.server.errors import ApiError
 from stage0.server.state import AppState, State
 from stage0.server.static import DOCS_STATIC, static_files
 
@@ -48,10 +50,13 @@ async def _problems(state: AppState) -> list[str]:
         problems.append(f"the store is not writable: {str(exc).splitlines()[0][:200]}")
     if state.pipeline.broken is not None:
         problems.append(state.pipeline.broken)
+    if state.fleet is not None:  # the store's active policy: failed to load here, or drifting
+        problems.extend(state.fleet.problems())
     return problems
 
 
-@router.get("/readyz", summary="Readiness: policy loaded and store writable")
+@router.get("/readyz", summary="Readiness: policy loaded (the store's active one) and store "
+            "writable")
 async def readyz(state: State) -> JSONResponse:
     problems = await _problems(state)
     policy = state.policy
@@ -63,12 +68,20 @@ async def readyz(state: State) -> JSONResponse:
         "problems": problems,
         "last_reload": state.reloader.status if state.reloader is not None else None,
         "frozen_time": state.settings.frozen_time,
+        "fleet": state.fleet.status() if state.fleet is not None else None,
     }
     return JSONResponse(body, 200 if not problems else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def prometheus() -> Response:
+async def prometheus(request: Request, state: State) -> Response:
+    access = getattr(request.app.state, "metrics_access", None)  # #16 item 3: protected?
+    if access is not None and access.mode == "token" and not access.token_matches(
+            request.headers.get("authorization")):
+        raise ApiError(401, "METRICS_TOKEN_INVALID",
+                       "/metrics needs `Authorization: Bearer <STAGE0_METRICS_TOKEN>`")
+    if access is not None and access.mode == "key":
+        await authenticate(request, state, "audit:read")
     data, content_type = metrics.exposition()
     return Response(data, media_type=content_type)
 
