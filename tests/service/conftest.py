@@ -100,10 +100,12 @@ def running_app(db_url: str, frozen_time: str | None = "2026-03-17T10:00:00Z",
     _, secret = create_key(store, tenant="default", name="test-admin",
                            scopes=["check", "approve", "audit:read", "admin"], plan="pro",
                            unlimited=True, principal="test-admin")
-    app = create_app(Settings(db=db_url, frozen_time=frozen_time, policy=policy))
-    with TestClient(app) as client:
-        yield Api(client, store, secret)
-    store.dispose()
+    try:
+        app = create_app(Settings(db=db_url, frozen_time=frozen_time, policy=policy))
+        with TestClient(app) as client:
+            yield Api(client, store, secret)
+    finally:  # also when the app refuses to start: no connection left for the GC to find
+        store.dispose()
 
 
 @pytest.fixture

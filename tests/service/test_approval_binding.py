@@ -340,7 +340,8 @@ def test_an_approval_granted_late_holds_for_its_execute_by_window() -> None:
 @pytest.mark.parametrize("value", ["15m", "inf", "-1", "nan"])
 def test_a_bad_expiry_warning_stops_the_start(value: str, db_url: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from stage0.server.state import Settings, start  # noqa: PLC0415
+
     monkeypatch.setenv("STAGE0_APPROVAL_EXPIRY_WARNING_S", value)
-    with (pytest.raises(ValueError, match="STAGE0_APPROVAL_EXPIRY_WARNING_S must be a number"),
-          running_app(db_url, frozen_time=T0)):
-        pass
+    with pytest.raises(ValueError, match="STAGE0_APPROVAL_EXPIRY_WARNING_S must be a number"):
+        start(Settings(db=db_url, frozen_time=T0))  # refused before the store is opened
