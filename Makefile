@@ -52,7 +52,7 @@ test: lint test-prereqs
 bench: dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/engine.py
-	$(BIN)/python bench/http.py
+	$(BIN)/python bench/http_check.py
 	$(BIN)/python bench/rules.py
 
 # Re-vendor the console's browser assets (htmx) from the npm registry, checked against

@@ -35,15 +35,11 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-# bench/http.py would shadow the standard library's `http` (httpx imports `http.client`)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+import psycopg
 
-import psycopg  # noqa: E402
-
-from stage0.store import Store, ledger  # noqa: E402
-from stage0.store.retention import ensure_partitions, partitions  # noqa: E402
+from stage0.store import Store, ledger
+from stage0.store.retention import ensure_partitions, partitions
 
 ADMIN = os.environ.get("STAGE0_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 NAME = "stage0_bench_audit"

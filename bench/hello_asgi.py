@@ -1,4 +1,4 @@
-"""The raw-ASGI baseline of bench/http.py: the cheapest JSON answer uvicorn can serve."""
+"""The raw-ASGI baseline of bench/http_check.py: the cheapest JSON answer uvicorn can serve."""
 
 from __future__ import annotations
 

@@ -345,3 +345,20 @@ def test_a_bad_expiry_warning_stops_the_start(value: str, db_url: str,
     monkeypatch.setenv("STAGE0_APPROVAL_EXPIRY_WARNING_S", value)
     with pytest.raises(ValueError, match="STAGE0_APPROVAL_EXPIRY_WARNING_S must be a number"):
         start(Settings(db=db_url, frozen_time=T0))  # refused before the store is opened
+
+
+def test_bound_values_of_other_types_bind_apart() -> None:
+    """1, 1.0 and true are one key to Python but three values to JSON (and to the digest)."""
+    from stage0.testing import make_engine  # noqa: PLC0415
+
+    engine = make_engine(T0)
+    digests = {engine.check(_with(EXPORT, amount=v)).body["guardrail_checks"]["approval"][
+        "binding_digest"] for v in (1, 1.5, True, "1")}
+    again = engine.check(_with(EXPORT, amount=1)).body["guardrail_checks"]["approval"]
+    assert len(digests) == 4 and again["binding_digest"] in digests
+    one_float = engine.check(_with(EXPORT, amount=1.0)).body["guardrail_checks"]["approval"]
+    one_int = engine.check(_with(EXPORT, amount=1)).body["guardrail_checks"]["approval"]
+    from stage0.engine.digest import canonical_json  # noqa: PLC0415
+    # RFC 8785 writes 1.0 as 1: the same JSON, the same digest; true stays apart
+    assert canonical_json(1.0) == canonical_json(1)
+    assert one_float["binding_digest"] == one_int["binding_digest"]

@@ -95,6 +95,8 @@ class Engine:
         self._parser = ConstraintParser(policy) if policy is not None else None
         self._classify = Classifier(policy) if policy is not None else None
         self._goals: dict[str, tuple[str, ...]] = {}
+        self._bindings: dict[tuple[object, ...], str] = {}
+        """Binding digests by action digest and bound values (agents repeat their requests)."""
         self._packs = PackSet(policy, held) if policy is not None else None
         self.binds: tuple[str, ...] = tuple(sorted(binds if binds is not None else {
             name for p in (policy, *held) if p is not None for name in p.bound_field_names()}))
@@ -218,7 +220,17 @@ class Engine:
         """The binding digest of a server-side approval for ``request`` and its bound field
         values (docs/approvals.md, "What an approval is bound to")."""
         fields = bound_fields(request.goal, request.context, self.binds)
-        return binding_digest(action_digest, fields), fields
+        # in ``self.binds`` order; with each value's type, since 1 == 1.0 == True in a key
+        key = (action_digest, *((k, type(v), v) for k, v in fields.items()))
+        try:
+            hit = self._bindings.get(key)
+        except TypeError:  # a list or an object among the values: not cached
+            return binding_digest(action_digest, fields), fields
+        if hit is None:
+            hit = binding_digest(action_digest, fields)
+            if len(self._bindings) < 4096:
+                self._bindings[key] = hit
+        return hit, fields
 
     def action_digest(self, request: CheckRequest) -> str | None:
         """The ``action_digest`` this engine's active pack gives ``request`` (what the service

@@ -1,6 +1,7 @@
 """Throughput and latency of POST /check over HTTP, with the durable decision log.
 
-Run: ``make bench`` (or ``python bench/http.py [--duration S] [--warmup S] [--connections N]``).
+Run: ``make bench`` (or
+``python bench/http_check.py [--duration S] [--warmup S] [--connections N]``).
 Needs ``wrk`` (Debian package ``wrk``). Load goes to 127.0.0.1 only and each run is bounded by
 ``--warmup`` plus ``--duration``: every target gets the same load for the warm-up seconds first
 (not counted: a fresh server and a fresh store fill their caches), then the measured run.
