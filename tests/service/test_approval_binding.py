@@ -355,7 +355,8 @@ def test_bound_values_of_other_types_bind_apart() -> None:
     digests = {engine.check(_with(EXPORT, amount=v)).body["guardrail_checks"]["approval"][
         "binding_digest"] for v in (1, 1.5, True, "1")}
     again = engine.check(_with(EXPORT, amount=1)).body["guardrail_checks"]["approval"]
-    assert len(digests) == 4 and again["binding_digest"] in digests
+    assert len(digests) == 4
+    assert again["binding_digest"] in digests
     one_float = engine.check(_with(EXPORT, amount=1.0)).body["guardrail_checks"]["approval"]
     one_int = engine.check(_with(EXPORT, amount=1)).body["guardrail_checks"]["approval"]
     from stage0.engine.digest import canonical_json  # noqa: PLC0415
