@@ -106,11 +106,15 @@ def _lookup(url: str, refs: list[tuple[Any, str]], *, timeout_s: float = 0.5,
 ])
 def test_lookup_answers(evidence_url: str, ref: str, state: str, detail: str) -> None:
     started = time.monotonic()
-    found = _lookup(evidence_url, [("rollback_plan", ref)]).lookup(
+    # only the slow reference meets the short timeout: a loaded machine may take longer than
+    # 0.5 s for the first answer of a fresh client, which is not what the others test
+    found = _lookup(evidence_url, [("rollback_plan", ref)],
+                    timeout_s=0.5 if ref == "RB-SLOW" else 2.0).lookup(
         "default", "rollback_plan", ref)
     assert found is not None
     assert (found.state, found.detail) == (state, detail)
-    assert time.monotonic() - started < SLOW_S  # the timeout bounds the wait
+    if ref == "RB-SLOW":
+        assert time.monotonic() - started < SLOW_S  # the timeout bounds the wait
 
 
 def test_lookup_sends_the_auth_header_and_encodes_the_reference(evidence_url: str) -> None:
