@@ -162,8 +162,10 @@ class ApprovalStore:
         self.public_url: str | None = None
         """The server's public base URL (``STAGE0_PUBLIC_URL``), for ``approval_url``."""
         self._open: dict[tuple[str, str], list[Approval]] = {}
-        """The open requests of an action (tenant, action digest), newest first, as read in
-        this transaction and kept current by this store's writes (``open_for`` picks one)."""
+        """The open requests of an action (tenant, action digest), newest first, as the
+        batch's prefetch read them (all of them: ``open_for`` filters), with the requests this
+        transaction creates added and the action dropped when one of its requests changes (a
+        later ``open_for`` then reads it again, by binding digest)."""
         self.reads: dict[str, int] = {}
         """Single-request reads made, by statement (``one``, ``open``): what a prefetch
         spared shows here."""
